@@ -1,0 +1,59 @@
+"""swell: event-driven, serverless-style Python functions that scale on signals.
+
+Everything public is here; submodules are implementation.
+"""
+
+from swell.brokers.base import Broker, Delivery, Message, QueueSpec, QueueStats, Receipt
+from swell.brokers.url import open_broker
+from swell.core.clock import Clock, ManualClock, RealClock
+from swell.core.errors import (
+    AppError,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    MessageTooLarge,
+    MissingDependency,
+    PayloadError,
+    StaleReceipt,
+    SwellError,
+    UnknownQueue,
+)
+from swell.core.event import Event
+from swell.runtime.app import App, Function, Queue
+from swell.runtime.context import Context
+from swell.runtime.producer import Producer
+from swell.runtime.retry import Retry
+from swell.runtime.runtime import Runtime
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AppError",
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
+    "Clock",
+    "ConfigError",
+    "Context",
+    "Delivery",
+    "Event",
+    "Function",
+    "ManualClock",
+    "Message",
+    "MessageTooLarge",
+    "MissingDependency",
+    "PayloadError",
+    "Producer",
+    "Queue",
+    "QueueSpec",
+    "QueueStats",
+    "RealClock",
+    "Receipt",
+    "Retry",
+    "Runtime",
+    "StaleReceipt",
+    "SwellError",
+    "UnknownQueue",
+    "open_broker",
+]

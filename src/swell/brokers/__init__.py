@@ -1,0 +1,1 @@
+"""Brokers: the queue protocol and its backends (memory, sqlite), opened by URL."""

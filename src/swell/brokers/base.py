@@ -1,0 +1,172 @@
+"""The broker protocol (queue part) and the value types every backend shares.
+
+A backend stores bytes; the runtime encodes events. Every call is batch-first. A backend is done
+when it passes ``tests/brokers/`` against a real server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+KiB = 1024
+
+#: Headers a dead-lettered message carries.
+H_REASON = "swell-dlq-reason"
+H_ERROR = "swell-dlq-error"
+H_ATTEMPTS = "swell-dlq-attempts"
+H_SOURCE = "swell-dlq-source"
+H_AT = "swell-dlq-at"
+DLQ_HEADERS = (H_REASON, H_ERROR, H_ATTEMPTS, H_SOURCE, H_AT)
+
+REASON_MAX_RECEIVES = "max_receives exceeded"
+
+
+class QueueSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue's settings, as an app declares them.
+
+    ``max_receives=0`` never dead-letters; ``dead_letter`` defaults to ``<name>.dlq``.
+    """
+
+    name: str
+    visibility_timeout_s: float = 30.0
+    max_receives: int = 5
+    dead_letter: str | None = None
+    max_message_bytes: int = 256 * KiB
+    dedup_window_s: float = 300.0
+
+    @property
+    def dead_letter_queue(self) -> str | None:
+        if self.max_receives <= 0 and self.dead_letter is None:
+            return None
+        return self.dead_letter or f"{self.name}.dlq"
+
+    def dlq_spec(self) -> QueueSpec | None:
+        """The spec of this queue's dead-letter queue: it keeps messages until redriven."""
+        name = self.dead_letter_queue
+        if name is None:
+            return None
+        return QueueSpec(name=name, visibility_timeout_s=self.visibility_timeout_s, max_receives=0,
+                         max_message_bytes=self.max_message_bytes + 16 * KiB)
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """A message to send: its body, headers, optional dedup id and delay."""
+
+    body: bytes
+    headers: dict[str, str] | None = None
+    dedup_id: str | None = None
+    delay_s: float = 0.0
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    """The handle of one lease: valid until the message is received again."""
+
+    queue: str
+    id: int
+    token: int
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A leased message. Delivery facts travel here, beside the body."""
+
+    receipt: Receipt
+    body: bytes
+    headers: dict[str, str]
+    receive_count: int
+    enqueued_at: float
+    first_received_at: float | None
+
+
+class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
+    """``depth`` is ready now; ``oldest_age_s`` is the age of the oldest message not yet acked."""
+
+    queue: str
+    depth: int
+    in_flight: int
+    delayed: int
+    oldest_age_s: float
+
+    @property
+    def total(self) -> int:
+        return self.depth + self.in_flight + self.delayed
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Queues with leases. Time comes from the broker's clock."""
+
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        """Create the queue (and its dead-letter queue) or update its settings."""
+
+    async def queue_spec(self, queue: str) -> QueueSpec:
+        """The declared settings of ``queue``; ``UnknownQueue`` if it was never declared."""
+
+    async def queues(self) -> list[QueueSpec]:
+        """Every declared queue."""
+
+    async def send(self, queue: str, messages: Sequence[Message]) -> list[bool]:
+        """Store messages; per message, ``False`` if it was a duplicate inside the dedup window.
+
+        Raises ``MessageTooLarge`` (storing none of the batch) and ``UnknownQueue``.
+        """
+
+    async def receive(self, queue: str, max_messages: int, visibility_timeout_s: float | None = None,
+                      wait_s: float = 0.0) -> list[Delivery]:
+        """Lease up to ``max_messages``, waiting up to ``wait_s`` for the first one."""
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[Receipt]:
+        """Delete leased messages; returns the stale receipts, which were refused."""
+
+    async def release(self, receipts: Sequence[Receipt], delay_s: float = 0.0) -> list[Receipt]:
+        """Give leases back, visible again after ``delay_s``; returns the stale receipts."""
+
+    async def extend(self, receipts: Sequence[Receipt], seconds: float) -> list[Receipt]:
+        """Hold leases for ``seconds`` from now; returns the stale receipts."""
+
+    async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
+        """Move a leased message to its dead-letter queue; ``False`` if the receipt was stale."""
+
+    async def redrive(self, queue: str, max_messages: int | None = None) -> int:
+        """Move messages from ``queue``'s dead-letter queue back to it, receive count reset."""
+
+    async def peek(self, queue: str, max_messages: int = 100) -> list[Delivery]:
+        """Look at messages without leasing them (receipts in the result are not usable)."""
+
+    async def stats(self, queue: str) -> QueueStats: ...
+
+    async def purge(self, queue: str) -> int:
+        """Delete every message of ``queue``; returns how many."""
+
+    async def close(self) -> None: ...
+
+
+def check_sizes(spec: QueueSpec, messages: Sequence[Message]) -> None:
+    """Refuse a batch with any message over the queue's limit, before anything is stored."""
+    from swell.core.errors import MessageTooLarge
+
+    limit = spec.max_message_bytes
+    for m in messages:
+        size = len(m.body)
+        if size > limit:
+            raise MessageTooLarge(spec.name, size, limit)
+
+
+def dead_letter_headers(headers: dict[str, str] | None, *, source: str, reason: str,
+                        error: str | None, attempts: int, at: float) -> dict[str, str]:
+    """The headers of a message as it enters a dead-letter queue."""
+    out = dict(headers or {})
+    out.update({H_SOURCE: source, H_REASON: reason, H_ATTEMPTS: str(attempts), H_AT: f"{at:.3f}"})
+    if error:
+        out[H_ERROR] = error[:4000]
+    return out
+
+
+def redrive_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """The headers of a message as it leaves a dead-letter queue."""
+    if not headers:
+        return None
+    out = {k: v for k, v in headers.items() if k not in DLQ_HEADERS}
+    return out or None

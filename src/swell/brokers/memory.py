@@ -1,0 +1,250 @@
+"""The in-memory broker: public, supported, for tests and examples. One process, no durability."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from swell.brokers.base import (
+    REASON_MAX_RECEIVES,
+    Delivery,
+    Message,
+    QueueSpec,
+    QueueStats,
+    Receipt,
+    check_sizes,
+    dead_letter_headers,
+    redrive_headers,
+)
+from swell.brokers.waiting import Waker
+from swell.core.clock import SYSTEM_CLOCK, Clock
+from swell.core.errors import UnknownQueue
+
+
+@dataclass(slots=True)
+class _Record:
+    id: int
+    body: bytes
+    headers: dict[str, str] | None
+    enqueued_at: float
+    visible_at: float
+    receive_count: int = 0
+    token: int | None = None  # set while leased (and after its lease expired, until re-leased)
+    first_received_at: float | None = None
+    leased: bool = False
+
+
+@dataclass(slots=True)
+class _Queue:
+    spec: QueueSpec
+    records: dict[int, _Record] = field(default_factory=dict)
+    # (visible_at, id, visible_at-version): stale entries are skipped when popped
+    heap: list[tuple[float, int]] = field(default_factory=list)
+    dedup: dict[str, float] = field(default_factory=dict)
+
+
+class MemoryBroker:
+    """Queues held in process memory, with the same semantics as every other backend."""
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self._queues: dict[str, _Queue] = {}
+        self._ids = itertools.count(1)
+        self._waker = Waker(clock)
+
+    # -- declarations ------------------------------------------------------------------------
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        for s in (spec, spec.dlq_spec()):
+            if s is None:
+                continue
+            q = self._queues.get(s.name)
+            if q is None:
+                self._queues[s.name] = _Queue(s)
+            elif s is spec or q.spec.max_receives == 0:
+                q.spec = s
+
+    def _q(self, name: str) -> _Queue:
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise UnknownQueue(name) from None
+
+    async def queue_spec(self, queue: str) -> QueueSpec:
+        return self._q(queue).spec
+
+    async def queues(self) -> list[QueueSpec]:
+        return [q.spec for q in self._queues.values()]
+
+    # -- messages ----------------------------------------------------------------------------
+    async def send(self, queue: str, messages: Sequence[Message]) -> list[bool]:
+        q = self._q(queue)
+        check_sizes(q.spec, messages)
+        now = self.clock.time()
+        accepted = []
+        for m in messages:
+            if m.dedup_id is not None:
+                if q.dedup.get(m.dedup_id, -1.0) > now:
+                    accepted.append(False)
+                    continue
+                q.dedup[m.dedup_id] = now + q.spec.dedup_window_s
+            self._put(q, m.body, m.headers, now, now + max(m.delay_s, 0.0))
+            accepted.append(True)
+        if len(q.dedup) > 1024:
+            q.dedup = {k: t for k, t in q.dedup.items() if t > now}
+        self._waker.notify(queue)
+        return accepted
+
+    def _put(self, q: _Queue, body: bytes, headers: dict[str, str] | None, enqueued_at: float,
+             visible_at: float) -> None:
+        rec = _Record(next(self._ids), body, headers, enqueued_at, visible_at)
+        q.records[rec.id] = rec
+        heapq.heappush(q.heap, (visible_at, rec.id))
+
+    async def receive(self, queue: str, max_messages: int, visibility_timeout_s: float | None = None,
+                      wait_s: float = 0.0) -> list[Delivery]:
+        q = self._q(queue)
+
+        async def attempt() -> tuple[list[Delivery], float | None]:
+            got = self._claim(q, max_messages, visibility_timeout_s)
+            return got, (q.heap[0][0] if q.heap else None)
+
+        return await self._waker.wait_for(queue, attempt, wait_s)
+
+    def _claim(self, q: _Queue, max_messages: int, vt: float | None) -> list[Delivery]:
+        now = self.clock.time()
+        lease = q.spec.visibility_timeout_s if vt is None else vt
+        out: list[Delivery] = []
+        while q.heap and len(out) < max_messages and q.heap[0][0] <= now:
+            visible_at, rid = heapq.heappop(q.heap)
+            rec = q.records.get(rid)
+            if rec is None or rec.visible_at != visible_at:
+                continue  # acked, or moved since this entry was pushed
+            rec.receive_count += 1
+            if 0 < q.spec.max_receives < rec.receive_count:
+                self._move_to_dlq(q, rec, REASON_MAX_RECEIVES, None, rec.receive_count - 1)
+                continue
+            rec.token = random.getrandbits(62)
+            rec.leased = True
+            rec.visible_at = now + lease
+            if rec.first_received_at is None:
+                rec.first_received_at = now
+            heapq.heappush(q.heap, (rec.visible_at, rid))
+            out.append(Delivery(receipt=Receipt(q.spec.name, rid, rec.token), body=rec.body,
+                                headers=dict(rec.headers or {}), receive_count=rec.receive_count,
+                                enqueued_at=rec.enqueued_at, first_received_at=rec.first_received_at))
+        return out
+
+    def _held(self, r: Receipt) -> tuple[_Queue, _Record] | None:
+        q = self._queues.get(r.queue)
+        rec = q.records.get(r.id) if q else None
+        if q is None or rec is None or rec.token != r.token:
+            return None
+        return q, rec
+
+    async def ack(self, receipts: Sequence[Receipt]) -> list[Receipt]:
+        stale = []
+        for r in receipts:
+            held = self._held(r)
+            if held is None:
+                stale.append(r)
+            else:
+                del held[0].records[r.id]
+        return stale
+
+    def _reschedule(self, q: _Queue, rec: _Record, visible_at: float, leased: bool) -> None:
+        rec.visible_at = visible_at
+        rec.leased = leased
+        heapq.heappush(q.heap, (visible_at, rec.id))
+
+    async def release(self, receipts: Sequence[Receipt], delay_s: float = 0.0) -> list[Receipt]:
+        stale, now = [], self.clock.time()
+        for r in receipts:
+            held = self._held(r)
+            if held is None:
+                stale.append(r)
+                continue
+            q, rec = held
+            rec.token = None
+            self._reschedule(q, rec, now + max(delay_s, 0.0), leased=False)
+            self._waker.notify(q.spec.name)
+        return stale
+
+    async def extend(self, receipts: Sequence[Receipt], seconds: float) -> list[Receipt]:
+        stale, now = [], self.clock.time()
+        for r in receipts:
+            held = self._held(r)
+            if held is None:
+                stale.append(r)
+            else:
+                self._reschedule(*held, now + seconds, leased=True)
+        return stale
+
+    async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
+        held = self._held(receipt)
+        if held is None:
+            return False
+        q, rec = held
+        self._move_to_dlq(q, rec, reason, error, rec.receive_count)
+        return True
+
+    def _move_to_dlq(self, q: _Queue, rec: _Record, reason: str, error: str | None,
+                     attempts: int) -> None:
+        del q.records[rec.id]
+        name = q.spec.dead_letter_queue
+        if name is None:
+            return
+        now = self.clock.time()
+        headers = dead_letter_headers(rec.headers, source=q.spec.name, reason=reason, error=error,
+                                      attempts=attempts, at=now)
+        self._put(self._q(name), rec.body, headers, rec.enqueued_at, now)
+
+    async def redrive(self, queue: str, max_messages: int | None = None) -> int:
+        q = self._q(queue)
+        name = q.spec.dead_letter_queue
+        if name is None:
+            return 0
+        dlq, now, moved = self._q(name), self.clock.time(), 0
+        for rec in sorted(dlq.records.values(), key=lambda r: r.id):
+            if max_messages is not None and moved >= max_messages:
+                break
+            del dlq.records[rec.id]
+            self._put(q, rec.body, redrive_headers(rec.headers), rec.enqueued_at, now)
+            moved += 1
+        if moved:
+            self._waker.notify(queue)
+        return moved
+
+    async def peek(self, queue: str, max_messages: int = 100) -> list[Delivery]:
+        recs = sorted(self._q(queue).records.values(), key=lambda r: r.id)[:max_messages]
+        return [Delivery(receipt=Receipt(queue, r.id, -1), body=r.body, headers=dict(r.headers or {}),
+                         receive_count=r.receive_count, enqueued_at=r.enqueued_at,
+                         first_received_at=r.first_received_at) for r in recs]
+
+    async def stats(self, queue: str) -> QueueStats:
+        q, now = self._q(queue), self.clock.time()
+        depth = in_flight = delayed = 0
+        oldest = now
+        for rec in q.records.values():
+            oldest = min(oldest, rec.enqueued_at)
+            if rec.visible_at <= now:
+                depth += 1
+            elif rec.leased:
+                in_flight += 1
+            else:
+                delayed += 1
+        return QueueStats(queue=queue, depth=depth, in_flight=in_flight, delayed=delayed,
+                          oldest_age_s=max(0.0, now - oldest))
+
+    async def purge(self, queue: str) -> int:
+        q = self._q(queue)
+        n = len(q.records)
+        q.records.clear()
+        q.heap.clear()
+        return n
+
+    async def close(self) -> None:
+        self._waker.close()

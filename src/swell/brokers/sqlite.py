@@ -1,0 +1,392 @@
+"""The embedded default: queues in one SQLite file (WAL), shared safely by several processes.
+
+One connection per broker, owned by one thread; every call is one hop to that thread, so the event
+loop never blocks on the database. Leases are rows whose ``visible_at`` lies ahead, with a random
+``token`` that every receive renews, so a stale receipt matches no row. Writers are serialised by
+SQLite itself (``BEGIN IMMEDIATE`` with a busy timeout), which is what makes two processes on one
+file safe: a claim is one ``UPDATE ... RETURNING``, and no two claims can take the same row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import msgspec
+
+from swell.brokers.base import (
+    REASON_MAX_RECEIVES,
+    Delivery,
+    Message,
+    QueueSpec,
+    QueueStats,
+    Receipt,
+    check_sizes,
+    dead_letter_headers,
+    redrive_headers,
+)
+from swell.brokers.waiting import Waker
+from swell.core.clock import SYSTEM_CLOCK, Clock
+from swell.core.errors import BrokerError, BrokerUnavailable, ConfigError, UnknownQueue
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS swell_queues (
+    name TEXT PRIMARY KEY,
+    spec BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS swell_messages (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    visible_at REAL NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    token INTEGER,
+    leased INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    first_received_at REAL,
+    headers BLOB,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS swell_messages_ready ON swell_messages (queue, visible_at);
+CREATE TABLE IF NOT EXISTS swell_dedup (
+    queue TEXT NOT NULL,
+    dedup_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (queue, dedup_id)
+) WITHOUT ROWID;
+"""
+
+_CLAIM = """
+UPDATE swell_messages
+   SET visible_at = :lease_until, receive_count = receive_count + 1, token = :token, leased = 1,
+       first_received_at = coalesce(first_received_at, :now)
+ WHERE id IN (SELECT id FROM swell_messages
+               WHERE queue = :queue AND visible_at <= :now
+               ORDER BY visible_at LIMIT :max)
+RETURNING id, receive_count, enqueued_at, first_received_at, headers, body
+"""
+_INSERT = """INSERT INTO swell_messages (queue, visible_at, enqueued_at, headers, body)
+              VALUES (?, ?, ?, ?, ?)"""
+_DEDUP = """INSERT INTO swell_dedup (queue, dedup_id, expires_at) VALUES (?, ?, ?)
+            ON CONFLICT (queue, dedup_id) DO UPDATE SET expires_at = excluded.expires_at
+            WHERE swell_dedup.expires_at <= ?"""
+
+_headers_enc = msgspec.json.Encoder()
+_headers_dec = msgspec.json.Decoder(dict[str, str])
+
+
+def _enc_headers(h: dict[str, str] | None) -> bytes | None:
+    return _headers_enc.encode(h) if h else None
+
+
+def _dec_headers(raw: bytes | None) -> dict[str, str]:
+    return _headers_dec.decode(raw) if raw else {}
+
+
+class SqliteBroker:
+    """Queues in a SQLite file. ``synchronous`` is SQLite's: ``normal`` (default) survives a process
+    crash; ``full`` also survives power loss, at the cost of an fsync per commit."""
+
+    def __init__(self, path: str, *, clock: Clock = SYSTEM_CLOCK, synchronous: str = "normal") -> None:
+        if synchronous.lower() not in ("normal", "full", "extra"):
+            raise ConfigError(f"synchronous must be normal, full or extra, not {synchronous!r}")
+        self.path = path
+        self.clock = clock
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix="swell-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._synchronous = synchronous
+        self._specs: dict[str, QueueSpec] = {}
+        self._waker = Waker(clock)
+        self._data_version = -1
+        self._dedup_swept_at = 0.0
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            folder = os.path.dirname(self.path)
+            try:
+                if folder:
+                    os.makedirs(folder, exist_ok=True)
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+                conn.executescript(SCHEMA)
+            except (OSError, sqlite3.Error) as exc:
+                raise BrokerUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._exec, self._call, fn, args)
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn = self._connect()
+        try:
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            raise BrokerError(f"SQLite error on {self.path!r}: {exc}") from exc
+
+    def _tx(self, conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, *args)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return result
+
+    # -- declarations ------------------------------------------------------------------------
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        specs = [s for s in (spec, spec.dlq_spec()) if s is not None]
+        await self._run(lambda c: self._tx(c, self._declare, specs))
+        for s in specs:
+            self._specs[s.name] = s
+
+    @staticmethod
+    def _declare(conn: sqlite3.Connection, specs: list[QueueSpec]) -> None:
+        main, *dlq = specs
+        conn.execute("INSERT OR REPLACE INTO swell_queues (name, spec) VALUES (?, ?)",
+                     (main.name, msgspec.json.encode(main)))
+        for s in dlq:  # a DLQ declared as a queue of its own keeps its own settings
+            conn.execute("INSERT OR IGNORE INTO swell_queues (name, spec) VALUES (?, ?)",
+                         (s.name, msgspec.json.encode(s)))
+
+    async def queue_spec(self, queue: str) -> QueueSpec:
+        spec = self._specs.get(queue)
+        if spec is None:
+            row = await self._run(lambda c: c.execute(
+                "SELECT spec FROM swell_queues WHERE name = ?", (queue,)).fetchone())
+            if row is None:
+                raise UnknownQueue(queue)
+            spec = self._specs[queue] = msgspec.json.decode(row[0], type=QueueSpec)
+        return spec
+
+    async def queues(self) -> list[QueueSpec]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT spec FROM swell_queues ORDER BY name").fetchall())
+        return [msgspec.json.decode(r[0], type=QueueSpec) for r in rows]
+
+    # -- send --------------------------------------------------------------------------------
+    async def send(self, queue: str, messages: Sequence[Message]) -> list[bool]:
+        spec = await self.queue_spec(queue)
+        check_sizes(spec, messages)
+        accepted = await self._run(lambda c: self._tx(c, self._send, spec, messages,
+                                                      self.clock.time()))
+        self._waker.notify(queue)
+        return accepted
+
+    def _send(self, conn: sqlite3.Connection, spec: QueueSpec, messages: Sequence[Message],
+              now: float) -> list[bool]:
+        if not any(m.dedup_id for m in messages):
+            conn.executemany(_INSERT, [(spec.name, now + m.delay_s if m.delay_s > 0 else now, now,
+                                        _enc_headers(m.headers), m.body) for m in messages])
+            return [True] * len(messages)
+        if now - self._dedup_swept_at > spec.dedup_window_s / 10:
+            conn.execute("DELETE FROM swell_dedup WHERE expires_at <= ?", (now,))
+            self._dedup_swept_at = now
+        accepted, rows = [], []
+        for m in messages:
+            if m.dedup_id is not None:
+                cur = conn.execute(_DEDUP, (spec.name, m.dedup_id, now + spec.dedup_window_s, now))
+                if cur.rowcount == 0:
+                    accepted.append(False)
+                    continue
+            rows.append((spec.name, now + max(m.delay_s, 0.0), now, _enc_headers(m.headers), m.body))
+            accepted.append(True)
+        conn.executemany(_INSERT, rows)
+        return accepted
+
+    # -- receive -----------------------------------------------------------------------------
+    async def receive(self, queue: str, max_messages: int, visibility_timeout_s: float | None = None,
+                      wait_s: float = 0.0) -> list[Delivery]:
+        spec = await self.queue_spec(queue)
+        lease = spec.visibility_timeout_s if visibility_timeout_s is None else visibility_timeout_s
+
+        async def attempt() -> tuple[list[Delivery], float | None]:
+            return await self._run(self._claim, spec, max_messages, lease)
+
+        return await self._waker.wait_for(queue, attempt, wait_s, self._changed)
+
+    def _claim(self, conn: sqlite3.Connection, spec: QueueSpec, max_messages: int,
+               lease: float) -> tuple[list[Delivery], float | None]:
+        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        now = self.clock.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(_CLAIM, {"lease_until": now + lease, "token": (token := _token()),
+                                         "now": now, "queue": spec.name, "max": max_messages}
+                                ).fetchall()
+            out, over = [], []
+            for rid, count, enqueued_at, first_at, headers, body in rows:
+                if 0 < spec.max_receives < count:
+                    over.append((rid, count, enqueued_at, headers, body))
+                    continue
+                out.append(Delivery(receipt=Receipt(spec.name, rid, token), body=body,
+                                    headers=_dec_headers(headers), receive_count=count,
+                                    enqueued_at=enqueued_at, first_received_at=first_at))
+            for rid, count, enqueued_at, headers, body in over:
+                self._to_dlq(conn, spec, rid, enqueued_at, headers, body, REASON_MAX_RECEIVES,
+                             None, count - 1, now)
+            due = None
+            if not out:
+                row = conn.execute("SELECT min(visible_at) FROM swell_messages WHERE queue = ?",
+                                   (spec.name,)).fetchone()
+                due = row[0]
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        out.sort(key=lambda d: d.receipt.id)
+        return out, due
+
+    async def _changed(self) -> bool:
+        """Whether another connection committed since our last claim (cheap: no table read)."""
+        def check(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version)
+        return await self._run(check)
+
+    # -- settle ------------------------------------------------------------------------------
+    async def ack(self, receipts: Sequence[Receipt]) -> list[Receipt]:
+        return await self._settle("DELETE FROM swell_messages WHERE id = ? AND token = ?",
+                                  receipts, lambda r: (r.id, r.token))
+
+    async def release(self, receipts: Sequence[Receipt], delay_s: float = 0.0) -> list[Receipt]:
+        at = self.clock.time() + max(delay_s, 0.0)
+        stale = await self._settle(
+            "UPDATE swell_messages SET visible_at = ?, token = NULL, leased = 0 "
+            "WHERE id = ? AND token = ?", receipts, lambda r: (at, r.id, r.token))
+        for q in {r.queue for r in receipts}:
+            self._waker.notify(q)
+        return stale
+
+    async def extend(self, receipts: Sequence[Receipt], seconds: float) -> list[Receipt]:
+        at = self.clock.time() + seconds
+        return await self._settle(
+            "UPDATE swell_messages SET visible_at = ?, leased = 1 WHERE id = ? AND token = ?",
+            receipts, lambda r: (at, r.id, r.token))
+
+    async def _settle(self, sql: str, receipts: Sequence[Receipt],
+                      params: Callable[[Receipt], tuple[Any, ...]]) -> list[Receipt]:
+        if not receipts:
+            return []
+
+        def run(conn: sqlite3.Connection) -> list[Receipt]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = conn.executemany(sql, [params(r) for r in receipts]).rowcount
+                stale: list[Receipt] = []
+                if changed != len(receipts):  # rare: find which ones matched nothing
+                    conn.rollback()
+                    conn.execute("BEGIN IMMEDIATE")
+                    stale = [r for r in receipts if conn.execute(sql, params(r)).rowcount == 0]
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            return stale
+
+        return await self._run(run)
+
+    # -- dead letters --------------------------------------------------------------------------
+    async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
+        spec = await self.queue_spec(receipt.queue)
+        return await self._run(lambda c: self._tx(c, self._dead_letter, spec, receipt, reason,
+                                                  error, self.clock.time()))
+
+    def _dead_letter(self, conn: sqlite3.Connection, spec: QueueSpec, r: Receipt, reason: str,
+                     error: str | None, now: float) -> bool:
+        row = conn.execute("SELECT receive_count, enqueued_at, headers, body FROM swell_messages "
+                           "WHERE id = ? AND token = ?", (r.id, r.token)).fetchone()
+        if row is None:
+            return False
+        count, enqueued_at, headers, body = row
+        self._to_dlq(conn, spec, r.id, enqueued_at, headers, body, reason, error, count, now)
+        return True
+
+    @staticmethod
+    def _to_dlq(conn: sqlite3.Connection, spec: QueueSpec, rid: int, enqueued_at: float,
+                headers: bytes | None, body: bytes, reason: str, error: str | None,
+                attempts: int, now: float) -> None:
+        conn.execute("DELETE FROM swell_messages WHERE id = ?", (rid,))
+        name = spec.dead_letter_queue
+        if name is None:
+            return
+        h = dead_letter_headers(_dec_headers(headers), source=spec.name, reason=reason,
+                                error=error, attempts=attempts, at=now)
+        conn.execute(_INSERT, (name, now, enqueued_at, _enc_headers(h), body))
+
+    async def redrive(self, queue: str, max_messages: int | None = None) -> int:
+        spec = await self.queue_spec(queue)
+        dlq = spec.dead_letter_queue
+        if dlq is None:
+            return 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            rows = conn.execute("SELECT id, enqueued_at, headers, body FROM swell_messages "
+                                "WHERE queue = ? ORDER BY id LIMIT ?",
+                                (dlq, -1 if max_messages is None else max_messages)).fetchall()
+            now = self.clock.time()
+            conn.executemany("DELETE FROM swell_messages WHERE id = ?", [(r[0],) for r in rows])
+            conn.executemany(_INSERT, [(queue, now, enq, _enc_headers(redrive_headers(
+                _dec_headers(h))), body) for _, enq, h, body in rows])
+            return len(rows)
+
+        moved = await self._run(lambda c: self._tx(c, run))
+        if moved:
+            self._waker.notify(queue)
+        return moved
+
+    # -- looking -------------------------------------------------------------------------------
+    async def peek(self, queue: str, max_messages: int = 100) -> list[Delivery]:
+        await self.queue_spec(queue)
+        rows = await self._run(lambda c: c.execute(
+            "SELECT id, receive_count, enqueued_at, first_received_at, headers, body "
+            "FROM swell_messages WHERE queue = ? ORDER BY id LIMIT ?",
+            (queue, max_messages)).fetchall())
+        return [Delivery(receipt=Receipt(queue, rid, -1), body=body, headers=_dec_headers(h),
+                         receive_count=n, enqueued_at=enq, first_received_at=first)
+                for rid, n, enq, first, h, body in rows]
+
+    async def stats(self, queue: str) -> QueueStats:
+        await self.queue_spec(queue)
+        now = self.clock.time()
+        depth, in_flight, delayed, oldest = await self._run(lambda c: c.execute(
+            "SELECT coalesce(sum(visible_at <= :now), 0),"
+            "       coalesce(sum(visible_at > :now AND leased), 0),"
+            "       coalesce(sum(visible_at > :now AND NOT leased), 0),"
+            "       min(enqueued_at) FROM swell_messages WHERE queue = :q",
+            {"now": now, "q": queue}).fetchone())
+        return QueueStats(queue=queue, depth=depth, in_flight=in_flight, delayed=delayed,
+                          oldest_age_s=0.0 if oldest is None else max(0.0, now - oldest))
+
+    async def purge(self, queue: str) -> int:
+        await self.queue_spec(queue)
+        return await self._run(lambda c: c.execute(
+            "DELETE FROM swell_messages WHERE queue = ?", (queue,)).rowcount)
+
+    async def close(self) -> None:
+        self._waker.close()
+
+        def shut(_: sqlite3.Connection) -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        if self._conn is not None:
+            await self._run(shut)
+        self._exec.shutdown(wait=True)
+
+
+def _token() -> int:
+    return random.getrandbits(62)

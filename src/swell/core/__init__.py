@@ -1,0 +1,1 @@
+"""Core types: the event envelope, codec, errors and clock."""

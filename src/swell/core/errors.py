@@ -1,0 +1,72 @@
+"""The one error tree of swell.
+
+::
+
+    SwellError
+    ├── ConfigError            wrong configuration: bad URL, duration, option
+    │   └── MissingDependency  an optional extra is not installed
+    ├── AppError               an app file/module that cannot be loaded, or is ill-formed
+    ├── PayloadError           bytes that are not a valid event (bad JSON, bad envelope)
+    └── BrokerError            anything a backend refuses or cannot do
+        ├── BrokerUnavailable  the backend cannot be reached
+        ├── UnknownQueue       a queue that was never declared
+        ├── MessageTooLarge    a message over its queue's size limit (nothing is stored)
+        └── StaleReceipt       a lease that is no longer held (expired or redelivered)
+
+Client-library errors are converted at the backend edge with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class SwellError(Exception):
+    """Root of every error swell raises on purpose."""
+
+
+class ConfigError(SwellError):
+    """Configuration that cannot work: a bad URL, duration or option."""
+
+
+class MissingDependency(ConfigError):
+    """An optional dependency is missing; the message names the ``pip install`` line."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(f"{package} is not installed: pip install 'swell[{extra}]'")
+        self.package = package
+        self.extra = extra
+
+
+class AppError(SwellError):
+    """An app that cannot be loaded or is declared wrongly."""
+
+
+class PayloadError(SwellError):
+    """Bytes or data that do not make a valid event."""
+
+
+class BrokerError(SwellError):
+    """A backend refused an operation or failed to do it."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The backend cannot be reached."""
+
+
+class UnknownQueue(BrokerError):
+    """A queue that was never declared."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"unknown queue {queue!r} (declare it with app.queue({queue!r}))")
+        self.queue = queue
+
+
+class MessageTooLarge(BrokerError):
+    """A message larger than its queue allows; nothing was stored."""
+
+    def __init__(self, queue: str, size: int, limit: int) -> None:
+        super().__init__(f"message of {size:,} bytes is over the {limit:,}-byte limit of {queue!r}")
+        self.queue, self.size, self.limit = queue, size, limit
+
+
+class StaleReceipt(BrokerError):
+    """The lease behind a receipt is no longer held."""

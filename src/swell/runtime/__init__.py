@@ -1,0 +1,1 @@
+"""The runtime: the app registry, Runtime, Dispatchers and the handler's Context."""

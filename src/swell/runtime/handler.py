@@ -1,0 +1,79 @@
+"""What a handler asks for, read once from its signature: payload type, ``Event[T]``, ``Context``."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from swell.core.codec import encode_json
+from swell.core.errors import AppError
+from swell.core.event import Event
+from swell.runtime.context import Context
+
+_NO_VALIDATION = (Any, inspect.Parameter.empty, object)
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A user's function and how to call it with an event."""
+
+    fn: Callable[..., Any]
+    is_async: bool
+    payload: str | None          # the parameter that gets the data (or the Event)
+    wants_event: bool            # True: the parameter gets the whole Event[T]
+    wants_bytes: bool
+    adapter: pydantic.TypeAdapter[Any] | None
+    context: str | None          # the parameter that gets the Context
+
+    @classmethod
+    def inspect(cls, fn: Callable[..., Any]) -> Handler:
+        name = getattr(fn, "__qualname__", repr(fn))
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as exc:  # a NameError or worse from the user's annotations
+            raise AppError(f"cannot read the annotations of {name}: {exc}") from exc
+        payload = context = None
+        wants_event = wants_bytes = False
+        adapter: pydantic.TypeAdapter[Any] | None = None
+        for p in inspect.signature(fn).parameters.values():
+            ann = hints.get(p.name, p.annotation)
+            if ann is Context:
+                context = p.name
+            elif payload is None:
+                payload = p.name
+                if ann is Event or typing.get_origin(ann) is Event:
+                    wants_event = True
+                    args = typing.get_args(ann)
+                    ann = args[0] if args else Any
+                if ann is bytes:
+                    wants_bytes = True
+                elif ann not in _NO_VALIDATION:
+                    try:
+                        adapter = pydantic.TypeAdapter(ann)
+                    except pydantic.PydanticUserError as exc:
+                        raise AppError(f"{name}: cannot validate {ann!r}: {exc}") from exc
+            elif p.default is inspect.Parameter.empty:
+                raise AppError(f"{name}: parameter {p.name!r} has no value to receive; a handler "
+                               "takes one payload (or Event[T]) and optionally a Context")
+        return cls(fn, inspect.iscoroutinefunction(fn), payload, wants_event, wants_bytes, adapter,
+                   context)
+
+    def arguments(self, event: Event[Any], ctx: Context) -> dict[str, Any]:
+        """Keyword arguments for one call; raises ``pydantic.ValidationError`` on a bad payload."""
+        kwargs: dict[str, Any] = {}
+        if self.payload is not None:
+            data = event.data
+            if self.wants_bytes:
+                if not isinstance(data, bytes):
+                    data = b"" if data is None else encode_json(data)
+            elif self.adapter is not None:
+                data = self.adapter.validate_python(data)
+            kwargs[self.payload] = event.replace(data=data) if self.wants_event else data
+        if self.context is not None:
+            kwargs[self.context] = ctx
+        return kwargs
