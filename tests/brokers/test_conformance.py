@@ -356,6 +356,20 @@ async def test_dead_letter_after_max_receives(
     assert dead.headers[H_SOURCE] == "jobs"
 
 
+async def test_dead_lettering_does_not_hide_ready_messages(
+    broker: Broker, declare: Declare, clock: ManualClock
+) -> None:
+    # The receive that moves a message to the DLQ still leases what is ready behind it.
+    await declare(visibility_timeout_s=10, max_receives=1)
+    await broker.send("jobs", msgs(b"poison"))
+    await receive_one(broker)
+    clock.advance(11)
+    await broker.send("jobs", msgs(b"good"))
+
+    assert bodies(await broker.receive("jobs", 1)) == [b"good"]
+    assert (await broker.stats("jobs.dlq")).depth == 1
+
+
 async def test_explicit_dead_letter(broker: Broker, declare: Declare, clock: ManualClock) -> None:
     await declare()
     await broker.send("jobs", [Message(body=b"bad", headers={"k": "v"})])
@@ -586,9 +600,10 @@ async def test_queues_lists_declared_queues_and_dead_letters(
     a = await declare("a")
     await declare("b", max_receives=0)
 
-    names = sorted(s.name for s in await broker.queues())
+    listed = sorted(await broker.queues(), key=lambda s: s.name)
 
-    assert names == ["a", "a.dlq", "b"]
+    assert [s.name for s in listed] == ["a", "a.dlq", "b"]
+    assert listed[:2] == [a, a.dlq_spec()]
     assert await broker.queue_spec("a") == a
     assert await broker.queue_spec("a.dlq") == a.dlq_spec()
 
@@ -615,4 +630,15 @@ async def test_declare_queue_updates_settings(
     clock.advance(11)
 
     assert await broker.queue_spec("jobs") == updated
+    assert {s.name: s for s in await broker.queues()}["jobs"] == updated
     assert await broker.receive("jobs", 10) == []
+
+
+async def test_declare_queue_updates_dead_letter_settings(
+    broker: Broker, declare: Declare
+) -> None:
+    await declare(visibility_timeout_s=10, max_message_bytes=1000)
+    updated = await declare(visibility_timeout_s=60, max_message_bytes=2000)
+
+    assert await broker.queue_spec("jobs.dlq") == updated.dlq_spec()
+    assert {s.name: s for s in await broker.queues()}["jobs.dlq"] == updated.dlq_spec()

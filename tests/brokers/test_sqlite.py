@@ -130,6 +130,18 @@ async def test_waiting_receive_sees_another_instances_send(instances: Instances)
     assert [d.body for d in got] == [b"across"]
 
 
+async def test_settings_declared_by_one_instance_are_seen_by_another(
+    instances: Instances,
+) -> None:
+    a, b = await instances.open(), await instances.open()
+    assert await b.queue_spec("jobs") == SPEC
+    updated = QueueSpec(name="jobs", visibility_timeout_s=99)
+
+    await a.declare_queue(updated)
+
+    assert await b.queue_spec("jobs") == updated
+
+
 async def test_file_is_in_wal_mode(instances: Instances) -> None:
     await instances.open()
 

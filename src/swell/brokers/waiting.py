@@ -69,13 +69,13 @@ class Waker:
             else:
                 interval = min(interval * 1.5, MAX_POLL_S)
 
-    async def _wait(self, ev: asyncio.Event, timeout: float) -> bool:
+    async def _wait(self, ev: asyncio.Event, limit_s: float) -> bool:
         if ev.is_set():
             return True
-        if timeout <= 0:
+        if limit_s <= 0:
             return False
         waiter = asyncio.ensure_future(ev.wait())
-        sleeper = asyncio.ensure_future(self.clock.sleep(timeout))
+        sleeper = asyncio.ensure_future(self.clock.sleep(limit_s))
         try:
             await asyncio.wait((waiter, sleeper), return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -86,7 +86,7 @@ class App:
         timeout_s = None if timeout is None else seconds(timeout, name="timeout")
 
         def register(fn: F) -> F:
-            fname = name or getattr(fn, "__name__", "handler")
+            fname: str = name or getattr(fn, "__name__", None) or "handler"
             if fname in self.functions:
                 raise AppError(f"function {fname!r} is declared twice")
             self.functions[fname] = Function(fname, queue, Handler.inspect(fn), concurrency,

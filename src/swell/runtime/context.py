@@ -43,7 +43,7 @@ class Context:
 
     def __init__(self, *, event: Event[Any], delivery: Delivery, function: str,
                  deadline: float | None, producer: Producer,
-                 extend: Callable[[float], Awaitable[bool]]) -> None:
+                 extend: Callable[[float], Coroutine[Any, Any, bool]]) -> None:
         self.event = event
         #: 1 on the first try, 2 on the first retry, ...
         self.attempt = delivery.receive_count

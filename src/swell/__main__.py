@@ -1,0 +1,3 @@
+from swell.cli import main
+
+main()

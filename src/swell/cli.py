@@ -1,0 +1,276 @@
+"""The ``swell`` command: thin — parse, call, render."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from swell.brokers.base import H_ATTEMPTS, H_ERROR, H_REASON, Broker, QueueStats
+from swell.brokers.url import default_broker_url, open_broker
+from swell.core.codec import decode_json
+from swell.core.config import seconds
+from swell.core.errors import ConfigError, PayloadError, SwellError, UnknownQueue
+from swell.core.event import Event
+from swell.runtime.loader import load_app
+from swell.runtime.producer import Producer
+
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+broker_option = click.option(
+    "--broker", "broker_url", envvar="SWELL_BROKER", default=None, metavar="URL",
+    help="Broker URL (env SWELL_BROKER; default sqlite:///.swell/swell.db).")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def command(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async command; a user's mistake (a SwellError) prints one line, not a traceback."""
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            asyncio.run(fn(*args, **kwargs))
+        except PayloadError as exc:
+            _fail(str(exc), 2)
+        except SwellError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            sys.exit(130)
+    return run
+
+
+async def _with_broker(url: str | None, use: Callable[[Broker], Awaitable[T]]) -> T:
+    broker = open_broker(url)
+    try:
+        return await use(broker)
+    finally:
+        await broker.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="swell")
+def main() -> None:
+    """swell: event-driven functions that scale on signals."""
+
+
+# -- run --------------------------------------------------------------------------------------
+@main.command()
+@click.argument("app_path", metavar="APP")
+@broker_option
+@click.option("--grace", default="30s", show_default=True,
+              help="How long in-flight work may finish after SIGINT/SIGTERM.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@command
+async def run(app_path: str, broker_url: str | None, grace: str, log_level: str) -> None:
+    """Run APP (a file.py or a pkg.module[:attribute]) until Ctrl-C."""
+    from swell.runtime.runtime import Runtime
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = load_app(app_path)
+    grace_s = seconds(grace, name="--grace")
+    url = broker_url or default_broker_url()
+    runtime = Runtime(app, url)
+    err_console.print(f"swell: running [bold]{app.name}[/] ({len(app.functions)} function(s)) "
+                      f"on {url} (pid {os.getpid()})", highlight=False)
+    await runtime.serve(grace_s)
+
+
+# -- send -------------------------------------------------------------------------------------
+def _read_payloads(data: str) -> list[Any]:
+    """JSON from the argument, from ``@file``, or JSON lines from stdin (``-``); all or nothing."""
+    if data == "-":
+        lines = [(n, line) for n, line in enumerate(sys.stdin, 1) if line.strip()]
+        out = []
+        for n, line in lines:
+            try:
+                out.append(decode_json(line))
+            except PayloadError as exc:
+                raise PayloadError(f"stdin line {n}: {exc}; nothing was sent") from exc
+        return out
+    if data.startswith("@"):
+        try:
+            with open(data[1:], "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {data[1:]}: {exc.strerror}") from exc
+    else:
+        raw = data.encode()
+    try:
+        return [decode_json(raw)]
+    except PayloadError as exc:
+        raise PayloadError(f"{exc}; nothing was sent") from exc
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("data")
+@click.option("--key", help="Ordering/partition key of the event.")
+@click.option("--id", "event_id", help="Event id; a second send of the same id is a duplicate.")
+@click.option("--delay", default="0", help="Deliver after this long (e.g. 30s, 5m).")
+@click.option("--type", "event_type", help="CloudEvents type (default swell.QUEUE).")
+@click.option("--subject", help="CloudEvents subject.")
+@click.option("--app", "app_path", metavar="APP", help="Declare APP's queues first.")
+@broker_option
+@command
+async def send(queue: str, data: str, key: str | None, event_id: str | None, delay: str,
+               event_type: str | None, subject: str | None, app_path: str | None,
+               broker_url: str | None) -> None:
+    """Send DATA to QUEUE: JSON, @file, or - for JSON lines on stdin."""
+    delay_s = seconds(delay, name="--delay")
+    payloads = _read_payloads(data)
+    if event_id is not None and len(payloads) > 1:
+        raise ConfigError("--id names one event; with several lines on stdin leave it out")
+
+    async def go(broker: Broker) -> list[bool]:
+        if app_path:
+            from swell.runtime.runtime import Runtime
+            await Runtime(load_app(app_path), broker).declare()
+        await broker.queue_spec(queue)
+        producer = Producer(broker, source="/swell/cli")
+        events = [producer.event(queue, p, key=key, id=event_id, type=event_type, subject=subject)
+                  for p in payloads]
+        stored: list[bool] = []
+        for i in range(0, len(events), 500):
+            stored += await producer.send_events(queue, events[i:i + 500], delay_s=delay_s,
+                                                 dedup=event_id is not None)
+        return stored
+
+    try:
+        stored = await _with_broker(broker_url, go)
+    except UnknownQueue as exc:
+        raise SwellError(f"{exc}; or run the app once, or pass --app APP") from None
+    n = sum(stored)
+    dup = len(stored) - n
+    msg = f"sent {n} event(s) to {queue}" + (f" ({dup} duplicate(s) ignored)" if dup else "")
+    err_console.print(msg, highlight=False)
+
+
+# -- queues -----------------------------------------------------------------------------------
+def _age(s: float) -> str:
+    if s < 1:
+        return f"{s * 1000:.0f} ms" if s else "-"
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def stats_table(rows: list[QueueStats], title: str = "queues") -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("queue")
+    for col in ("ready", "in flight", "delayed", "oldest"):
+        table.add_column(col, justify="right")
+    for s in rows:
+        table.add_row(s.queue, f"{s.depth:,}", f"{s.in_flight:,}", f"{s.delayed:,}",
+                      _age(s.oldest_age_s))
+    return table
+
+
+@main.command()
+@broker_option
+@command
+async def queues(broker_url: str | None) -> None:
+    """Depth, in flight, delayed and age of oldest, per queue."""
+    async def go(broker: Broker) -> list[QueueStats]:
+        return [await broker.stats(s.name) for s in await broker.queues()]
+
+    rows = await _with_broker(broker_url, go)
+    if not rows:
+        console.print("no queues yet: run an app (swell run APP) or the demo (swell demo)")
+        return
+    console.print(stats_table(rows))
+
+
+# -- dlq --------------------------------------------------------------------------------------
+@main.group()
+def dlq() -> None:
+    """Dead-letter queues: list, show, redrive."""
+
+
+async def _dlq_name(broker: Broker, queue: str) -> str:
+    name = (await broker.queue_spec(queue)).dead_letter_queue
+    if name is None:
+        raise ConfigError(f"queue {queue!r} has no dead-letter queue")
+    return name
+
+
+@dlq.command("list")
+@broker_option
+@command
+async def dlq_list(broker_url: str | None) -> None:
+    """Every queue's dead-letter queue and how many messages wait in it."""
+    async def go(broker: Broker) -> list[QueueStats]:
+        specs = await broker.queues()
+        names = [s.dead_letter_queue for s in specs if s.dead_letter_queue]
+        return [await broker.stats(n) for n in names if n in {s.name for s in specs}]
+
+    rows = await _with_broker(broker_url, go)
+    console.print(stats_table(rows, "dead-letter queues") if rows else "no dead-letter queues")
+
+
+@dlq.command("show")
+@click.argument("queue")
+@click.option("--limit", default=20, show_default=True)
+@broker_option
+@command
+async def dlq_show(queue: str, limit: int, broker_url: str | None) -> None:
+    """The dead-lettered messages of QUEUE, with reason, attempts and error."""
+    async def go(broker: Broker) -> tuple[str, Any]:
+        name = await _dlq_name(broker, queue)
+        return name, await broker.peek(name, limit)
+
+    name, rows = await _with_broker(broker_url, go)
+    table = Table(title=f"{name}: {len(rows)} shown", title_justify="left", header_style="bold")
+    for col in ("event id", "dead-lettered", "attempts", "reason", "error"):
+        table.add_column(col, overflow="fold")
+    for d in rows:
+        try:
+            eid = Event.from_json(d.body).id
+        except PayloadError:
+            eid = "(not an event)"
+        at = float(d.headers.get("swell-dlq-at", "0"))
+        table.add_row(eid, datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                      d.headers.get(H_ATTEMPTS, ""), d.headers.get(H_REASON, ""),
+                      d.headers.get(H_ERROR, ""))
+    console.print(table)
+
+
+@dlq.command("redrive")
+@click.argument("queue")
+@click.option("--max", "max_messages", type=int, default=None, help="Move at most this many.")
+@broker_option
+@command
+async def dlq_redrive(queue: str, max_messages: int | None, broker_url: str | None) -> None:
+    """Move QUEUE's dead-lettered messages back to QUEUE, receive counts reset."""
+    async def go(broker: Broker) -> int:
+        await _dlq_name(broker, queue)
+        return await broker.redrive(queue, max_messages)
+
+    moved = await _with_broker(broker_url, go)
+    console.print(f"redrove {moved:,} message(s) to {queue}")
+
+
+# -- demo -------------------------------------------------------------------------------------
+@main.command()
+@click.option("--events", default=10_000, show_default=True, help="Size of the burst.")
+@broker_option
+@command
+async def demo(events: int, broker_url: str | None) -> None:
+    """A burst of orders absorbed and drained, with live counts."""
+    from swell.demo import run_demo
+
+    await run_demo(broker_url or default_broker_url(), events, console)
