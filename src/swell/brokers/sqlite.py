@@ -101,7 +101,7 @@ class SqliteBroker:
         self._exec = ThreadPoolExecutor(1, thread_name_prefix="swell-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._synchronous = synchronous
-        self._specs: dict[str, QueueSpec] = {}
+        self._specs: dict[str, tuple[bytes, QueueSpec]] = {}  # decoded once per stored version
         self._waker = Waker(clock)
         self._data_version = -1
         self._dedup_swept_at = 0.0
@@ -150,27 +150,35 @@ class SqliteBroker:
     async def declare_queue(self, spec: QueueSpec) -> None:
         specs = [s for s in (spec, spec.dlq_spec()) if s is not None]
         await self._run(lambda c: self._tx(c, self._declare, specs))
-        for s in specs:
-            self._specs[s.name] = s
 
     @staticmethod
     def _declare(conn: sqlite3.Connection, specs: list[QueueSpec]) -> None:
         main, *dlq = specs
         conn.execute("INSERT OR REPLACE INTO swell_queues (name, spec) VALUES (?, ?)",
                      (main.name, msgspec.json.encode(main)))
-        for s in dlq:  # a DLQ declared as a queue of its own keeps its own settings
-            conn.execute("INSERT OR IGNORE INTO swell_queues (name, spec) VALUES (?, ?)",
+        for s in dlq:  # a DLQ that was declared as a queue of its own keeps its own settings
+            conn.execute("INSERT INTO swell_queues (name, spec) VALUES (?, ?) ON CONFLICT (name) "
+                         "DO UPDATE SET spec = excluded.spec "
+                         "WHERE json_extract(swell_queues.spec, '$.max_receives') = 0",
                          (s.name, msgspec.json.encode(s)))
 
+    def _spec(self, conn: sqlite3.Connection, queue: str) -> QueueSpec:
+        """The stored spec, read in the caller's hop, so another process's declare is seen."""
+        row = conn.execute("SELECT spec FROM swell_queues WHERE name = ?", (queue,)).fetchone()
+        if row is None:
+            raise UnknownQueue(queue)
+        cached = self._specs.get(queue)
+        if cached is None or cached[0] != row[0]:
+            cached = self._specs[queue] = (row[0], msgspec.json.decode(row[0], type=QueueSpec))
+        return cached[1]
+
+    def _on_queue(self, conn: sqlite3.Connection, queue: str) -> sqlite3.Connection:
+        """``conn``, once ``queue`` is known to exist (else ``UnknownQueue``)."""
+        self._spec(conn, queue)
+        return conn
+
     async def queue_spec(self, queue: str) -> QueueSpec:
-        spec = self._specs.get(queue)
-        if spec is None:
-            row = await self._run(lambda c: c.execute(
-                "SELECT spec FROM swell_queues WHERE name = ?", (queue,)).fetchone())
-            if row is None:
-                raise UnknownQueue(queue)
-            spec = self._specs[queue] = msgspec.json.decode(row[0], type=QueueSpec)
-        return spec
+        return await self._run(self._spec, queue)
 
     async def queues(self) -> list[QueueSpec]:
         rows = await self._run(lambda c: c.execute(
@@ -179,15 +187,15 @@ class SqliteBroker:
 
     # -- send --------------------------------------------------------------------------------
     async def send(self, queue: str, messages: Sequence[Message]) -> list[bool]:
-        spec = await self.queue_spec(queue)
-        check_sizes(spec, messages)
-        accepted = await self._run(lambda c: self._tx(c, self._send, spec, messages,
+        accepted = await self._run(lambda c: self._tx(c, self._send, queue, messages,
                                                       self.clock.time()))
         self._waker.notify(queue)
         return accepted
 
-    def _send(self, conn: sqlite3.Connection, spec: QueueSpec, messages: Sequence[Message],
+    def _send(self, conn: sqlite3.Connection, queue: str, messages: Sequence[Message],
               now: float) -> list[bool]:
+        spec = self._spec(conn, queue)
+        check_sizes(spec, messages)
         if not any(m.dedup_id for m in messages):
             conn.executemany(_INSERT, [(spec.name, now + m.delay_s if m.delay_s > 0 else now, now,
                                         _enc_headers(m.headers), m.body) for m in messages])
@@ -210,39 +218,41 @@ class SqliteBroker:
     # -- receive -----------------------------------------------------------------------------
     async def receive(self, queue: str, max_messages: int, visibility_timeout_s: float | None = None,
                       wait_s: float = 0.0) -> list[Delivery]:
-        spec = await self.queue_spec(queue)
-        lease = spec.visibility_timeout_s if visibility_timeout_s is None else visibility_timeout_s
-
         async def attempt() -> tuple[list[Delivery], float | None]:
-            return await self._run(self._claim, spec, max_messages, lease)
+            return await self._run(self._claim, queue, max_messages, visibility_timeout_s)
 
         return await self._waker.wait_for(queue, attempt, wait_s, self._changed)
 
-    def _claim(self, conn: sqlite3.Connection, spec: QueueSpec, max_messages: int,
-               lease: float) -> tuple[list[Delivery], float | None]:
+    def _claim(self, conn: sqlite3.Connection, queue: str, max_messages: int,
+               lease_s: float | None) -> tuple[list[Delivery], float | None]:
         self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         now = self.clock.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows = conn.execute(_CLAIM, {"lease_until": now + lease, "token": (token := _token()),
-                                         "now": now, "queue": spec.name, "max": max_messages}
-                                ).fetchall()
-            out, over = [], []
-            for rid, count, enqueued_at, first_at, headers, body in rows:
-                if 0 < spec.max_receives < count:
-                    over.append((rid, count, enqueued_at, headers, body))
-                    continue
-                out.append(Delivery(receipt=Receipt(spec.name, rid, token), body=body,
-                                    headers=_dec_headers(headers), receive_count=count,
-                                    enqueued_at=enqueued_at, first_received_at=first_at))
-            for rid, count, enqueued_at, headers, body in over:
-                self._to_dlq(conn, spec, rid, enqueued_at, headers, body, REASON_MAX_RECEIVES,
-                             None, count - 1, now)
+            spec = self._spec(conn, queue)
+            lease = spec.visibility_timeout_s if lease_s is None else lease_s
+            out: list[Delivery] = []
+            token = _token()
+            while len(out) < max_messages:  # again if some of a claim went to the DLQ instead
+                rows = conn.execute(_CLAIM, {"lease_until": now + lease, "token": token, "now": now,
+                                             "queue": spec.name, "max": max_messages - len(out)}
+                                    ).fetchall()
+                over = 0
+                for rid, count, enqueued_at, first_at, headers, body in rows:
+                    if 0 < spec.max_receives < count:
+                        self._to_dlq(conn, spec, rid, enqueued_at, headers, body,
+                                     REASON_MAX_RECEIVES, None, count - 1, now)
+                        over += 1
+                        continue
+                    out.append(Delivery(receipt=Receipt(spec.name, rid, token), body=body,
+                                        headers=_dec_headers(headers), receive_count=count,
+                                        enqueued_at=enqueued_at, first_received_at=first_at))
+                if not over:
+                    break
             due = None
             if not out:
-                row = conn.execute("SELECT min(visible_at) FROM swell_messages WHERE queue = ?",
-                                   (spec.name,)).fetchone()
-                due = row[0]
+                due = conn.execute("SELECT min(visible_at) FROM swell_messages WHERE queue = ?",
+                                   (spec.name,)).fetchone()[0]
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -300,12 +310,12 @@ class SqliteBroker:
 
     # -- dead letters --------------------------------------------------------------------------
     async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
-        spec = await self.queue_spec(receipt.queue)
-        return await self._run(lambda c: self._tx(c, self._dead_letter, spec, receipt, reason,
+        return await self._run(lambda c: self._tx(c, self._dead_letter, receipt, reason,
                                                   error, self.clock.time()))
 
-    def _dead_letter(self, conn: sqlite3.Connection, spec: QueueSpec, r: Receipt, reason: str,
+    def _dead_letter(self, conn: sqlite3.Connection, r: Receipt, reason: str,
                      error: str | None, now: float) -> bool:
+        spec = self._spec(conn, r.queue)
         row = conn.execute("SELECT receive_count, enqueued_at, headers, body FROM swell_messages "
                            "WHERE id = ? AND token = ?", (r.id, r.token)).fetchone()
         if row is None:
@@ -327,12 +337,10 @@ class SqliteBroker:
         conn.execute(_INSERT, (name, now, enqueued_at, _enc_headers(h), body))
 
     async def redrive(self, queue: str, max_messages: int | None = None) -> int:
-        spec = await self.queue_spec(queue)
-        dlq = spec.dead_letter_queue
-        if dlq is None:
-            return 0
-
         def run(conn: sqlite3.Connection) -> int:
+            dlq = self._spec(conn, queue).dead_letter_queue
+            if dlq is None:
+                return 0
             rows = conn.execute("SELECT id, enqueued_at, headers, body FROM swell_messages "
                                 "WHERE queue = ? ORDER BY id LIMIT ?",
                                 (dlq, -1 if max_messages is None else max_messages)).fetchall()
@@ -349,8 +357,7 @@ class SqliteBroker:
 
     # -- looking -------------------------------------------------------------------------------
     async def peek(self, queue: str, max_messages: int = 100) -> list[Delivery]:
-        await self.queue_spec(queue)
-        rows = await self._run(lambda c: c.execute(
+        rows = await self._run(lambda c: self._on_queue(c, queue).execute(
             "SELECT id, receive_count, enqueued_at, first_received_at, headers, body "
             "FROM swell_messages WHERE queue = ? ORDER BY id LIMIT ?",
             (queue, max_messages)).fetchall())
@@ -359,9 +366,8 @@ class SqliteBroker:
                 for rid, n, enq, first, h, body in rows]
 
     async def stats(self, queue: str) -> QueueStats:
-        await self.queue_spec(queue)
         now = self.clock.time()
-        depth, in_flight, delayed, oldest = await self._run(lambda c: c.execute(
+        depth, in_flight, delayed, oldest = await self._run(lambda c: self._on_queue(c, queue).execute(
             "SELECT coalesce(sum(visible_at <= :now), 0),"
             "       coalesce(sum(visible_at > :now AND leased), 0),"
             "       coalesce(sum(visible_at > :now AND NOT leased), 0),"
@@ -371,8 +377,7 @@ class SqliteBroker:
                           oldest_age_s=0.0 if oldest is None else max(0.0, now - oldest))
 
     async def purge(self, queue: str) -> int:
-        await self.queue_spec(queue)
-        return await self._run(lambda c: c.execute(
+        return await self._run(lambda c: self._on_queue(c, queue).execute(
             "DELETE FROM swell_messages WHERE queue = ?", (queue,)).rowcount)
 
     async def close(self) -> None:
