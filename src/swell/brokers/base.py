@@ -94,6 +94,40 @@ class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
         return self.depth + self.in_flight + self.delayed
 
 
+class KvEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A value in the kv store. ``revision`` grows on every write and is never reused for a key,
+    so a compare-and-set against an old revision always fails."""
+
+    key: str
+    value: bytes
+    revision: int
+    expires_at: float | None = None
+
+
+@runtime_checkable
+class KV(Protocol):
+    """Small shared state with TTLs: idempotency records, checkpoints, leader and membership leases,
+    shared limiters, status. An expired entry is the same as an absent one."""
+
+    async def get(self, key: str) -> KvEntry | None: ...
+
+    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> int:
+        """Write unconditionally; returns the new revision."""
+
+    async def put_if_absent(self, key: str, value: bytes, ttl_s: float | None = None) -> int | None:
+        """Create ``key`` if absent (or expired); the new revision, or ``None`` if it exists."""
+
+    async def compare_and_set(self, key: str, value: bytes, revision: int,
+                              ttl_s: float | None = None) -> int | None:
+        """Write if ``key`` is still at ``revision``; the new revision, or ``None`` if not."""
+
+    async def delete(self, key: str, revision: int | None = None) -> bool:
+        """Delete (only at ``revision`` if given); whether something was deleted."""
+
+    async def scan(self, prefix: str) -> list[KvEntry]:
+        """Live entries whose key starts with ``prefix``, in key order."""
+
+
 @runtime_checkable
 class Broker(Protocol):
     """Queues with leases. Time comes from the broker's clock."""
@@ -120,8 +154,12 @@ class Broker(Protocol):
     async def ack(self, receipts: Sequence[Receipt]) -> list[Receipt]:
         """Delete leased messages; returns the stale receipts, which were refused."""
 
-    async def release(self, receipts: Sequence[Receipt], delay_s: float = 0.0) -> list[Receipt]:
-        """Give leases back, visible again after ``delay_s``; returns the stale receipts."""
+    async def release(self, receipts: Sequence[Receipt], delay_s: float = 0.0, *,
+                      count: bool = True) -> list[Receipt]:
+        """Give leases back, visible again after ``delay_s``; returns the stale receipts.
+
+        ``count=False`` takes the delivery back off the receive count (a throttled attempt is
+        not a failed one, so it must not bring the message closer to its dead-letter queue)."""
 
     async def extend(self, receipts: Sequence[Receipt], seconds: float) -> list[Receipt]:
         """Hold leases for ``seconds`` from now; returns the stale receipts."""
@@ -139,6 +177,10 @@ class Broker(Protocol):
 
     async def purge(self, queue: str) -> int:
         """Delete every message of ``queue``; returns how many."""
+
+    @property
+    def kv(self) -> KV:
+        """The backend's kv store."""
 
     async def close(self) -> None: ...
 

@@ -22,6 +22,7 @@ import msgspec
 from swell.brokers.base import (
     REASON_MAX_RECEIVES,
     Delivery,
+    KvEntry,
     Message,
     QueueSpec,
     QueueStats,
@@ -54,6 +55,16 @@ CREATE TABLE IF NOT EXISTS swell_messages (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS swell_messages_ready ON swell_messages (queue, visible_at);
+CREATE TABLE IF NOT EXISTS swell_kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    expires_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS swell_counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS swell_dedup (
     queue TEXT NOT NULL,
     dedup_id TEXT NOT NULL,
@@ -105,6 +116,11 @@ class SqliteBroker:
         self._waker = Waker(clock)
         self._data_version = -1
         self._dedup_swept_at = 0.0
+        self._kv = SqliteKV(self)
+
+    @property
+    def kv(self) -> SqliteKV:
+        return self._kv
 
     # -- plumbing ----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -271,11 +287,14 @@ class SqliteBroker:
         return await self._settle("DELETE FROM swell_messages WHERE id = ? AND token = ?",
                                   receipts, lambda r: (r.id, r.token))
 
-    async def release(self, receipts: Sequence[Receipt], delay_s: float = 0.0) -> list[Receipt]:
+    async def release(self, receipts: Sequence[Receipt], delay_s: float = 0.0, *,
+                      count: bool = True) -> list[Receipt]:
         at = self.clock.time() + max(delay_s, 0.0)
+        uncount = 0 if count else 1
         stale = await self._settle(
-            "UPDATE swell_messages SET visible_at = ?, token = NULL, leased = 0 "
-            "WHERE id = ? AND token = ?", receipts, lambda r: (at, r.id, r.token))
+            "UPDATE swell_messages SET visible_at = ?, token = NULL, leased = 0, "
+            "receive_count = max(0, receive_count - ?) WHERE id = ? AND token = ?",
+            receipts, lambda r: (at, uncount, r.id, r.token))
         for q in {r.queue for r in receipts}:
             self._waker.notify(q)
         return stale
@@ -395,3 +414,66 @@ class SqliteBroker:
 
 def _token() -> int:
     return random.getrandbits(62)
+
+
+class SqliteKV:
+    """The kv store in the same file; revisions come from one counter, so none is ever reused."""
+
+    def __init__(self, broker: SqliteBroker) -> None:
+        self._b = broker
+
+    def _live(self, conn: sqlite3.Connection, key: str) -> KvEntry | None:
+        row = conn.execute("SELECT value, revision, expires_at FROM swell_kv WHERE key = ? AND "
+                           "(expires_at IS NULL OR expires_at > ?)",
+                           (key, self._b.clock.time())).fetchone()
+        return None if row is None else KvEntry(key=key, value=row[0], revision=row[1],
+                                                 expires_at=row[2])
+
+    def _write(self, conn: sqlite3.Connection, key: str, value: bytes, ttl_s: float | None) -> int:
+        rev: int = conn.execute(
+            "INSERT INTO swell_counters (name, value) VALUES ('kv', 1) ON CONFLICT (name) "
+            "DO UPDATE SET value = value + 1 RETURNING value").fetchone()[0]
+        expires = None if ttl_s is None else self._b.clock.time() + ttl_s
+        conn.execute("INSERT OR REPLACE INTO swell_kv (key, value, revision, expires_at) "
+                     "VALUES (?, ?, ?, ?)", (key, bytes(value), rev, expires))
+        return rev
+
+    async def get(self, key: str) -> KvEntry | None:
+        return await self._b._run(self._live, key)
+
+    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> int:
+        return await self._b._run(lambda c: self._b._tx(c, self._write, key, value, ttl_s))
+
+    async def put_if_absent(self, key: str, value: bytes, ttl_s: float | None = None) -> int | None:
+        def run(conn: sqlite3.Connection) -> int | None:
+            return None if self._live(conn, key) else self._write(conn, key, value, ttl_s)
+        return await self._b._run(lambda c: self._b._tx(c, run))
+
+    async def compare_and_set(self, key: str, value: bytes, revision: int,
+                              ttl_s: float | None = None) -> int | None:
+        def run(conn: sqlite3.Connection) -> int | None:
+            e = self._live(conn, key)
+            if e is None or e.revision != revision:
+                return None
+            return self._write(conn, key, value, ttl_s)
+        return await self._b._run(lambda c: self._b._tx(c, run))
+
+    async def delete(self, key: str, revision: int | None = None) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            e = self._live(conn, key)
+            if e is None or (revision is not None and e.revision != revision):
+                return False
+            conn.execute("DELETE FROM swell_kv WHERE key = ?", (key,))
+            return True
+        return await self._b._run(lambda c: self._b._tx(c, run))
+
+    async def scan(self, prefix: str) -> list[KvEntry]:
+        def run(conn: sqlite3.Connection) -> list[KvEntry]:
+            now = self._b.clock.time()
+            conn.execute("DELETE FROM swell_kv WHERE expires_at <= ?", (now,))
+            # a range on the primary key, not LIKE: prefixes may hold % and _
+            rows = conn.execute("SELECT key, value, revision, expires_at FROM swell_kv "
+                                "WHERE key >= ? AND key < ? ORDER BY key",
+                                (prefix, prefix + "\U0010ffff")).fetchall()
+            return [KvEntry(key=k, value=v, revision=r, expires_at=x) for k, v, r, x in rows]
+        return await self._b._run(lambda c: self._b._tx(c, run))

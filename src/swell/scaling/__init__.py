@@ -1,0 +1,1 @@
+"""Scaling: signals, controllers that turn them into a desired concurrency, limiters, simulator."""

@@ -1,0 +1,178 @@
+"""``Auto``, the default controller: serve the demand, never push a downstream past what it allows.
+
+Two numbers, taken every tick:
+
+* **demand** — by Little's law, the units needed to keep up with arrivals plus those needed to drain
+  the backlog within ``target_wait``: ``service_time x (arrival_rate x headroom + backlog /
+  target_wait)``;
+* **limit** — what the downstream sustains, learned: when attempts come back throttled, the rate of
+  calls that went through *is* the downstream's quota, so ``quota x service_time`` units are all that
+  help; errors in bulk and a sharp rise in latency lower it too. The limit is probed upward, slowly,
+  once no throttle has been seen for a while, so a raised quota is found again.
+
+The answer is ``min(demand, limit)``, reached fast on the way up (bounded by what has proven itself
+ready, so a cold start cannot overshoot blindly) and slowly on the way down (the highest
+recommendation of a short window), and zero only after ``idle`` seconds with nothing to do. With no
+data (the broker did not answer) it holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from swell.core.config import Duration, seconds
+from swell.core.errors import ConfigError
+from swell.scaling.base import Decision
+from swell.scaling.signals import Ewma, Signals
+
+PRIOR_SERVICE_S = 0.1   # until a handler has finished once
+HEADROOM = 1.15         # spare units over the arrival rate, so waits stay short
+QUOTA_SAFETY = 0.95     # run just under a learned downstream quota
+PROBE_AFTER_S = 30.0    # a quiet spell after which the limit may creep up again
+PROBE_EVERY_S = 5.0
+DOWN_WINDOW_S = 20.0    # scale down to the highest recommendation of this window
+ERROR_LIMIT = 0.3       # more failed attempts than this fraction lowers the limit
+LATENCY_LIMIT = 2.5     # so does service time this many times its calm baseline
+
+
+@dataclass
+class _State:
+    last: Signals | None = None
+    decision: Decision = field(default_factory=lambda: Decision(0, "start"))
+    service: Ewma = field(default_factory=lambda: Ewma(5.0))
+    calm_service: float | None = None
+    limit: float = math.inf
+    last_limit_t: float = -math.inf
+    last_probe_t: float = -math.inf
+    idle_since: float | None = None
+    recent: deque[tuple[float, int]] = field(default_factory=deque)
+
+
+class Auto:
+    """The default controller. ``Auto(min=0, max=64, target_wait="10s", idle="30s")``.
+
+    ``target_wait``: how soon a backlog should be drained; ``idle``: how long a function with
+    nothing to do keeps its units before going to ``min`` (zero by default).
+    """
+
+    def __init__(self, min: int = 0, max: int = 64, target_wait: Duration = 10.0,
+                 idle: Duration = 30.0) -> None:
+        if min < 0 or max < 1 or min > max:
+            raise ConfigError(f"Auto needs 0 <= min <= max and max >= 1, got min={min} max={max}")
+        self.min_units = min
+        self.max_units = max
+        self.target_wait_s = seconds(target_wait, name="target_wait")
+        self.idle_s = seconds(idle, name="idle")
+        if self.target_wait_s <= 0:
+            raise ConfigError("target_wait must be positive")
+        self._st = _State()
+
+    def __repr__(self) -> str:
+        return (f"Auto(min={self.min_units}, max={self.max_units}, "
+                f"target_wait={self.target_wait_s:g}, idle={self.idle_s:g})")
+
+    @property
+    def limit(self) -> float:
+        """The learned downstream limit in units (``inf`` until one is learned)."""
+        return self._st.limit
+
+    def decide(self, s: Signals) -> Decision:
+        st = self._st
+        if s.depth is None:
+            return Decision(st.decision.desired, f"hold at {st.decision.desired}: no signal")
+        last, st.last = st.last, s
+        dt = s.t - last.t if last is not None else 0.0
+        service = self._service(s, dt)
+        if last is not None and dt > 0:
+            self._learn(s, last, dt, service)
+        st.decision = self._clamp(s, self._recommend(s, service))
+        return st.decision
+
+    # -- estimates -----------------------------------------------------------------------------
+    def _service(self, s: Signals, dt: float) -> float:
+        st = self._st
+        if s.service_time_s is not None:
+            value = st.service.update(s.service_time_s, dt)
+            if st.calm_service is None or value < st.calm_service:
+                st.calm_service = value
+            elif s.throttles == (st.last.throttles if st.last else 0):
+                # drift the baseline up slowly, so a slower but healthy downstream is not "sick"
+                st.calm_service += (value - st.calm_service) * min(1.0, dt / 300.0)
+        return st.service.value or PRIOR_SERVICE_S
+
+    def _learn(self, s: Signals, last: Signals, dt: float, service: float) -> None:
+        st = self._st
+        attempts = s.attempts - last.attempts
+        throttles = s.throttles - last.throttles
+        errors = s.errors - last.errors
+        if throttles > 0:
+            passed = max(0, attempts - throttles - errors) / dt
+            sustained = passed * service * QUOTA_SAFETY
+            st.limit = max(1.0, min(sustained, st.limit, float(max(s.busy, s.in_flight, 1))))
+            st.last_limit_t = s.t
+        elif s.t - st.last_limit_t > 2.0 and (self._erring(attempts, errors) or self._slow(s)):
+            st.limit = max(1.0, min(st.limit, s.in_flight * 0.9))
+            st.last_limit_t = s.t
+        elif (math.isfinite(st.limit) and s.t - st.last_limit_t > PROBE_AFTER_S
+              and s.t - st.last_probe_t > PROBE_EVERY_S and s.current >= math.floor(st.limit)):
+            st.limit += 1.0
+            st.last_probe_t = s.t
+
+    @staticmethod
+    def _erring(attempts: int, errors: int) -> bool:
+        return attempts > 0 and errors / attempts > ERROR_LIMIT
+
+    def _slow(self, s: Signals) -> bool:
+        calm = self._st.calm_service
+        return bool(calm and s.service_time_s and s.in_flight > 2
+                    and s.service_time_s > LATENCY_LIMIT * calm)
+
+    def _recommend(self, s: Signals, service: float) -> tuple[int, str]:
+        backlog = s.depth + s.delayed if s.depth is not None else 0
+        arrivals = s.arrival_rate or 0.0
+        if backlog == 0 and s.in_flight == 0 and arrivals < 0.05:
+            return 0, "idle"
+        demand = service * (arrivals * HEADROOM + backlog / self.target_wait_s)
+        want = max(1, math.ceil(demand - 1e-9))
+        if backlog > 0:
+            why = (f"backlog {backlog:,} / drain target {self.target_wait_s:g}s, "
+                   f"{arrivals:,.1f}/s x {service * 1000:,.0f} ms")
+        else:
+            why = f"{arrivals:,.1f}/s x {service * 1000:,.0f} ms"
+        if want > self._st.limit:
+            return max(1, math.floor(self._st.limit)), f"{why}; capped by downstream limit"
+        return want, why
+
+    def _clamp(self, s: Signals, rec: tuple[int, str]) -> Decision:
+        st = self._st
+        want, why = rec
+        current = st.decision.desired
+        # the way to zero: only after a full idle period
+        if want == 0:
+            st.idle_since = s.t if st.idle_since is None else st.idle_since
+            if s.t - st.idle_since >= self.idle_s or current == 0:
+                st.recent.clear()
+                return Decision(self.min_units, f"idle {s.t - st.idle_since:.0f}s: scale to "
+                                f"{self.min_units}" if current else "idle")
+            return Decision(current, f"hold at {current}: idle {s.t - st.idle_since:.0f}s "
+                            f"of {self.idle_s:g}s")
+        st.idle_since = None
+        # up fast, but no more than doubles what is ready (a cold start must prove itself)
+        proven = max(s.ready, s.in_flight, 1)
+        want = min(want, max(2 * proven, proven + 4), self.max_units)
+        want = max(want, self.min_units)
+        st.recent.append((s.t, want))
+        while st.recent and st.recent[0][0] < s.t - DOWN_WINDOW_S:
+            st.recent.popleft()
+        if want >= current:
+            verb = "scale up" if want > current else "hold"
+            return Decision(want, f"{verb}: {why}")
+        # down slowly: the highest recommendation of the window, unless the limit says lower
+        floor = max(w for _, w in st.recent)
+        if math.isfinite(st.limit):
+            floor = min(floor, max(1, math.floor(st.limit)))
+        if floor < current:
+            return Decision(floor, f"scale down: {why}")
+        return Decision(current, f"hold at {current}: {why}")
