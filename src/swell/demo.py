@@ -82,6 +82,7 @@ async def run_demo(broker_url: str, events: int, console: Console) -> None:
                 break
             await asyncio.sleep(0.125)
     await runtime.stop()
+    console.line()
     elapsed = time.perf_counter() - started
     console.print(f"[bold green]drained[/] {metrics.succeeded:,} orders in {elapsed:.1f} s "
                   f"({metrics.succeeded / elapsed:,.0f}/s); {metrics.retried} retried, "

@@ -185,6 +185,7 @@ async def test_delayed_send_is_invisible_until_due(
     broker: Broker, declare: Declare, clock: ManualClock
 ) -> None:
     await declare()
+    sent_at = clock.time()
     await broker.send("jobs", [Message(body=b"later", delay_s=10)])
 
     assert await broker.receive("jobs", 10) == []
@@ -192,7 +193,9 @@ async def test_delayed_send_is_invisible_until_due(
     clock.advance(9)
     assert await broker.receive("jobs", 10) == []
     clock.advance(2)
-    assert (await receive_one(broker)).body == b"later"
+    d = await receive_one(broker)
+    assert d.body == b"later"
+    assert d.enqueued_at == pytest.approx(sent_at, abs=EPS)
 
 
 async def test_receive_wait_zero_on_empty_queue_returns_at_once(
@@ -284,6 +287,20 @@ async def test_release_with_delay(broker: Broker, declare: Declare, clock: Manua
     assert await broker.receive("jobs", 10) == []
     clock.advance(11)
     assert (await receive_one(broker)).receive_count == 2
+
+
+async def test_release_without_counting_the_receive(
+    broker: Broker, declare: Declare, clock: ManualClock
+) -> None:
+    # A throttled attempt is not a failed one: it must not bring the message closer to its DLQ.
+    await declare(max_receives=1)
+    await broker.send("jobs", msgs(b"x"))
+    for _ in range(3):
+        d = await receive_one(broker)
+        assert d.receive_count == 1
+        assert await broker.release([d.receipt], count=False) == []
+
+    assert (await broker.stats("jobs.dlq")).total == 0
 
 
 async def test_release_and_extend_with_stale_receipt_are_refused(

@@ -149,3 +149,24 @@ async def test_file_is_in_wal_mode(instances: Instances) -> None:
         (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
 
     assert mode == "wal"
+
+
+async def test_a_receive_cancelled_mid_claim_strands_no_lease(tmp_path: Path) -> None:
+    # A dispatcher stopping cancels its receive; the claim already running in the SQLite
+    # thread must not leave messages leased with nobody to handle them.
+    broker = SqliteBroker(str(tmp_path / "c.db"))
+    await broker.declare_queue(QueueSpec(name="q", visibility_timeout_s=600))
+    await broker.send("q", [Message(body=b"%d" % i) for i in range(50)])
+    for _ in range(20):
+        task = asyncio.ensure_future(broker.receive("q", 50))
+        await asyncio.sleep(0)  # the claim is now queued to (or running in) the thread
+        task.cancel()
+        try:
+            got = await task
+        except asyncio.CancelledError:
+            got = []
+        if got:
+            await broker.release([d.receipt for d in got])
+        await asyncio.sleep(0.01)  # let an orphaned claim's release land
+        assert (await broker.stats("q")).in_flight == 0
+    await broker.close()

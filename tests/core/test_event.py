@@ -146,7 +146,7 @@ def test_swell_extensions_round_trip_as_top_level_members() -> None:
 
 
 def test_other_extensions_round_trip() -> None:
-    event = Event(type="t", source="/s", extensions={"comexampleothervalue": 5, "tenant": "acme"})
+    event: Event[Any] = Event(type="t", source="/s", extensions={"comexampleothervalue": 5, "tenant": "acme"})
 
     back = Event.from_json(event.to_json())
 
@@ -158,7 +158,7 @@ def test_other_extensions_round_trip() -> None:
                                   datetime(2024, 1, 2, 3, 4, 5)],  # naive: taken as UTC
                          ids=["utc", "naive"])
 def test_time_is_written_in_utc_with_z(when: datetime) -> None:
-    event = Event(type="t", source="/s", time=when)
+    event: Event[Any] = Event(type="t", source="/s", time=when)
 
     wire = event.to_dict()
 
@@ -175,7 +175,8 @@ def test_time_with_an_offset_keeps_its_instant() -> None:
 
 
 def test_an_event_gets_a_fresh_id() -> None:
-    a, b = Event(type="t", source="/s"), Event(type="t", source="/s")
+    a: Event[Any] = Event(type="t", source="/s")
+    b: Event[Any] = Event(type="t", source="/s")
 
     assert a.id and b.id and a.id != b.id
 

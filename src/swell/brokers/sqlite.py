@@ -117,6 +117,7 @@ class SqliteBroker:
         self._data_version = -1
         self._dedup_swept_at = 0.0
         self._kv = SqliteKV(self)
+        self._orphan_releases: set[asyncio.Task[list[Receipt]]] = set()
 
     @property
     def kv(self) -> SqliteKV:
@@ -235,7 +236,14 @@ class SqliteBroker:
     async def receive(self, queue: str, max_messages: int, visibility_timeout_s: float | None = None,
                       wait_s: float = 0.0) -> list[Delivery]:
         async def attempt() -> tuple[list[Delivery], float | None]:
-            return await self._run(self._claim, queue, max_messages, visibility_timeout_s)
+            claim = asyncio.ensure_future(self._run(self._claim, queue, max_messages,
+                                                    visibility_timeout_s))
+            try:
+                return await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                # the claim runs on in its thread: give back whatever it takes, at once
+                claim.add_done_callback(self._release_orphans)
+                raise
 
         return await self._waker.wait_for(queue, attempt, wait_s, self._changed)
 
@@ -275,6 +283,13 @@ class SqliteBroker:
             raise
         out.sort(key=lambda d: d.receipt.id)
         return out, due
+
+    def _release_orphans(self, claim: asyncio.Future[tuple[list[Delivery], float | None]]) -> None:
+        if claim.cancelled() or claim.exception() is not None or not claim.result()[0]:
+            return
+        task = asyncio.ensure_future(self.release([d.receipt for d in claim.result()[0]]))
+        self._orphan_releases.add(task)
+        task.add_done_callback(self._orphan_releases.discard)
 
     async def _changed(self) -> bool:
         """Whether another connection committed since our last claim (cheap: no table read)."""
@@ -401,6 +416,8 @@ class SqliteBroker:
 
     async def close(self) -> None:
         self._waker.close()
+        if self._orphan_releases:
+            await asyncio.gather(*self._orphan_releases, return_exceptions=True)
 
         def shut(_: sqlite3.Connection) -> None:
             if self._conn is not None:

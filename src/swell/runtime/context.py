@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from swell.brokers.base import Delivery
 from swell.core.event import Event
@@ -17,25 +17,12 @@ T = TypeVar("T")
 log = logging.getLogger("swell.handler")
 
 
-class _Done(Generic[T]):
-    """An awaitable that is already finished: what ``publish`` returns inside a sync handler."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return self.value
-        yield  # pragma: no cover - makes this a generator
-
-
 class Context:
     """Given to a handler that asks for it: its event, attempt, deadline, logger, and ways to
     publish onward and to extend its lease.
 
-    ``publish`` and ``extend`` are awaited in ``async def`` handlers; in a plain ``def`` handler
-    (which runs in a thread) they run at once when called, and awaiting them is not needed.
+    ``publish`` and ``extend`` are awaited in ``async def`` handlers; a plain ``def`` handler (which
+    runs in a thread) gets a ``SyncContext``, whose ``publish`` and ``extend`` run when called.
     """
 
     __slots__ = ("_delivery", "_extend", "_loop", "_producer", "attempt", "deadline", "event",
@@ -65,24 +52,34 @@ class Context:
         """Seconds left before the handler's timeout, if it has one."""
         return None if self.deadline is None else self.deadline - self._loop.time()
 
-    def publish(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> Awaitable[str]:
-        """Send an event onward; the correlation id (and trace context) of this event go with it."""
+    def _publish(self, queue: str, data: Any, delay_s: float,
+                 attrs: dict[str, Any]) -> Coroutine[Any, Any, str]:
         attrs.setdefault("correlationid", self.event.correlationid or self.event.id)
         attrs.setdefault("traceparent", self.event.traceparent)
-        return self._maybe_sync(self._producer.send(queue, data, delay_s=delay_s, **attrs))
+        return self._producer.send(queue, data, delay_s=delay_s, **attrs)
 
-    def extend(self, seconds: float) -> Awaitable[bool]:
+    async def publish(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
+        """Send an event onward; the correlation id (and trace context) of this event go with it.
+        Returns the new event's id."""
+        return await self._publish(queue, data, delay_s, attrs)
+
+    async def extend(self, seconds: float) -> bool:
         """Hold this event's lease for ``seconds`` from now; ``False`` if the lease was lost."""
-        return self._maybe_sync(self._extend(seconds))
-
-    def _maybe_sync(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
-        if _in_loop(self._loop):
-            return coro
-        return _Done(asyncio.run_coroutine_threadsafe(coro, self._loop).result())
+        return await self._extend(seconds)
 
 
-def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+class SyncContext(Context):
+    """The Context of a plain ``def`` handler, which runs in a thread: ``publish`` and ``extend``
+    run when called and return their result (no ``await``)."""
+
+    __slots__ = ()
+
+    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def publish(self, queue: str, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
+                **attrs: Any) -> str:
+        return self._wait(self._publish(queue, data, delay_s, attrs))
+
+    def extend(self, seconds: float) -> bool:  # type: ignore[override]
+        return self._wait(self._extend(seconds))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 import pydantic
@@ -22,7 +24,7 @@ from swell.core.errors import PayloadError, SwellError
 from swell.core.event import Event
 from swell.observe.metrics import FunctionMetrics
 from swell.runtime.app import Function
-from swell.runtime.context import Context
+from swell.runtime.context import Context, SyncContext
 from swell.runtime.producer import Producer
 
 log = logging.getLogger("swell.dispatcher")
@@ -53,6 +55,7 @@ class Dispatcher:
         self._acks: list[Receipt] = []
         self._acks_ready = asyncio.Event()
         self._threads: ThreadPoolExecutor | None = None
+        self._context_type = Context if function.handler.is_async else SyncContext
         if not function.handler.is_async:
             self._threads = ThreadPoolExecutor(function.concurrency,
                                                thread_name_prefix=f"swell-{function.name}")
@@ -77,14 +80,14 @@ class Dispatcher:
         left = list(self._running.items())
         for task, _ in left:
             task.cancel()
-        await self._flush_acks()
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], *(t for t, _ in left), return_exceptions=True)
+        await self._flush_acks()  # including a batch the ack loop was storing when cancelled
         if left:
             stale = await self.broker.release([d.receipt for _, d in left])
             log.info("%s: released %d unfinished event(s) at shutdown", self.fn.name,
                      len(left) - len(stale))
-        for task in self._tasks[1:]:
-            task.cancel()
-        await asyncio.gather(*self._tasks[1:], *(t for t, _ in left), return_exceptions=True)
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
@@ -178,8 +181,9 @@ class Dispatcher:
         deadline = None if self.fn.timeout_s is None else started + self.fn.timeout_s
         try:
             event = Event.from_json(d.body)
-            ctx = Context(event=event, delivery=d, function=self.fn.name, deadline=deadline,
-                          producer=self.producer, extend=lambda s: self._extend(d.receipt, s))
+            ctx = self._context_type(event=event, delivery=d, function=self.fn.name,
+                                     deadline=deadline, producer=self.producer,
+                                     extend=lambda s: self._extend(d.receipt, s))
             kwargs = self.fn.handler.arguments(event, ctx)
         except (PayloadError, pydantic.ValidationError) as exc:
             if isinstance(exc, PayloadError):
@@ -187,9 +191,15 @@ class Dispatcher:
             else:
                 await self._dead_letter(d, REASON_INVALID, describe_validation(exc))
             return
+        thread = None
+        if self._threads is None:
+            call: Awaitable[Any] = self.fn.handler.fn(**kwargs)
+        else:
+            thread = loop.run_in_executor(self._threads, partial(self.fn.handler.fn, **kwargs))
+            call = asyncio.shield(thread)
         try:
             async with asyncio.timeout_at(deadline):
-                await self._call(kwargs)
+                await call
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -197,20 +207,16 @@ class Dispatcher:
                 error = f"timed out after {self.fn.timeout_s:g}s"
             else:
                 error = "".join(traceback.format_exception_only(exc)).strip()
-            await self._failed(d, error)
-            return
-        finally:
             m.service_times_s.append(loop.time() - started)
+            await self._failed(d, error)
+            if thread is not None and not thread.done() and not self._stopping:
+                # a thread cannot be stopped: its slot stays taken until it returns
+                await asyncio.wait([thread])
+            return
+        m.service_times_s.append(loop.time() - started)
         m.succeeded += 1
         self._acks.append(d.receipt)
         self._acks_ready.set()
-
-    async def _call(self, kwargs: dict[str, Any]) -> None:
-        fn = self.fn.handler.fn
-        if self._threads is None:
-            await fn(**kwargs)
-        else:
-            await asyncio.get_running_loop().run_in_executor(self._threads, lambda: fn(**kwargs))
 
     async def _failed(self, d: Delivery, error: str) -> None:
         attempt = d.receive_count
@@ -243,6 +249,9 @@ class Dispatcher:
             return
         try:
             stale = await self.broker.ack(batch)
+        except asyncio.CancelledError:
+            self._acks[:0] = batch  # not known to be stored: ack again (a repeat is just stale)
+            raise
         except SwellError as exc:
             log.error("%s: ack of %d event(s) failed: %s", self.fn.name, len(batch), exc)
             return

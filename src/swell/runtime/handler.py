@@ -69,7 +69,9 @@ class Handler:
         if self.payload is not None:
             data = event.data
             if self.wants_bytes:
-                if not isinstance(data, bytes):
+                if isinstance(data, str) and not event.is_json:
+                    data = data.encode()  # text content (xml, csv, ...) as its own bytes
+                elif not isinstance(data, bytes):
                     data = b"" if data is None else encode_json(data)
             elif self.adapter is not None:
                 data = self.adapter.validate_python(data)
