@@ -16,6 +16,7 @@ from swell.core.errors import (
     PayloadError,
     StaleReceipt,
     SwellError,
+    Throttled,
     UnknownQueue,
 )
 from swell.core.event import Event
@@ -54,6 +55,7 @@ __all__ = [
     "Runtime",
     "StaleReceipt",
     "SwellError",
+    "Throttled",
     "UnknownQueue",
     "open_broker",
 ]

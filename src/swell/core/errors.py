@@ -7,6 +7,7 @@
     │   └── MissingDependency  an optional extra is not installed
     ├── AppError               an app file/module that cannot be loaded, or is ill-formed
     ├── PayloadError           bytes that are not a valid event (bad JSON, bad envelope)
+    ├── Throttled              raised by a handler when a downstream says "too many" (a 429)
     └── BrokerError            anything a backend refuses or cannot do
         ├── BrokerUnavailable  the backend cannot be reached
         ├── UnknownQueue       a queue that was never declared
@@ -42,6 +43,18 @@ class AppError(SwellError):
 
 class PayloadError(SwellError):
     """Bytes or data that do not make a valid event."""
+
+
+class Throttled(SwellError):
+    """Raise from a handler when a downstream refuses for now (HTTP 429, a quota).
+
+    The event goes back to its queue for ``retry_after`` seconds; it counts as a throttle, not an
+    error, does not use up an attempt, and the controller sees it.
+    """
+
+    def __init__(self, retry_after: float = 1.0, message: str = "throttled") -> None:
+        super().__init__(f"{message} (retry after {retry_after:g}s)")
+        self.retry_after_s = max(0.0, float(retry_after))
 
 
 class BrokerError(SwellError):
