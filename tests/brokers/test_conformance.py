@@ -615,11 +615,12 @@ async def test_queues_lists_declared_queues_and_dead_letters(
     broker: Broker, declare: Declare
 ) -> None:
     a = await declare("a")
-    await declare("b", max_receives=0)
+    await declare("b", max_receives=0)  # still has a DLQ, for explicit dead letters
+    await declare("c", dead_letter="graveyard")
 
     listed = sorted(await broker.queues(), key=lambda s: s.name)
 
-    assert [s.name for s in listed] == ["a", "a.dlq", "b"]
+    assert [s.name for s in listed] == ["a", "a.dlq", "b", "b.dlq", "c", "graveyard"]
     assert listed[:2] == [a, a.dlq_spec()]
     assert await broker.queue_spec("a") == a
     assert await broker.queue_spec("a.dlq") == a.dlq_spec()
@@ -659,3 +660,23 @@ async def test_declare_queue_updates_dead_letter_settings(
 
     assert await broker.queue_spec("jobs.dlq") == updated.dlq_spec()
     assert {s.name: s for s in await broker.queues()}["jobs.dlq"] == updated.dlq_spec()
+
+
+async def test_close_ends_a_waiting_receive_with_nothing(broker: Broker, declare: Declare) -> None:
+    await declare()
+    waiting = asyncio.ensure_future(broker.receive("jobs", 1, wait_s=30))
+    await asyncio.sleep(0.05)
+    await broker.close()
+    async with asyncio.timeout(2):
+        assert await waiting == []
+
+
+async def test_dead_letter_in_a_dead_letter_queue_keeps_the_message(
+        broker: Broker, declare: Declare) -> None:
+    await declare(max_receives=0)
+    await broker.send("jobs", msgs(b"x"))
+    # even with max_receives=0 a queue has a DLQ for explicit dead letters
+    assert await broker.dead_letter((await receive_one(broker)).receipt, "bad")
+    dead = await receive_one(broker, "jobs.dlq")
+    assert not await broker.dead_letter(dead.receipt, "worse")
+    assert (await broker.stats("jobs.dlq")).total == 1

@@ -27,7 +27,9 @@ REASON_MAX_RECEIVES = "max_receives exceeded"
 class QueueSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A queue's settings, as an app declares them.
 
-    ``max_receives=0`` never dead-letters; ``dead_letter`` defaults to ``<name>.dlq``.
+    ``max_receives=0`` never dead-letters on the receive count; explicit dead letters (invalid
+    payloads, exhausted retries) still go to ``dead_letter``, by default ``<name>.dlq``. A
+    dead-letter queue (``is_dead_letter``) has none of its own.
     """
 
     name: str
@@ -36,10 +38,11 @@ class QueueSpec(msgspec.Struct, frozen=True, kw_only=True):
     dead_letter: str | None = None
     max_message_bytes: int = 256 * KiB
     dedup_window_s: float = 300.0
+    is_dead_letter: bool = False
 
     @property
     def dead_letter_queue(self) -> str | None:
-        if self.max_receives <= 0 and self.dead_letter is None:
+        if self.is_dead_letter:
             return None
         return self.dead_letter or f"{self.name}.dlq"
 
@@ -49,7 +52,7 @@ class QueueSpec(msgspec.Struct, frozen=True, kw_only=True):
         if name is None:
             return None
         return QueueSpec(name=name, visibility_timeout_s=self.visibility_timeout_s, max_receives=0,
-                         max_message_bytes=self.max_message_bytes + 16 * KiB)
+                         max_message_bytes=self.max_message_bytes + 16 * KiB, is_dead_letter=True)
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,7 +168,8 @@ class Broker(Protocol):
         """Hold leases for ``seconds`` from now; returns the stale receipts."""
 
     async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
-        """Move a leased message to its dead-letter queue; ``False`` if the receipt was stale."""
+        """Move a leased message to its dead-letter queue; ``False`` (and the message stays) if the
+        receipt was stale or the queue is itself a dead-letter queue."""
 
     async def redrive(self, queue: str, max_messages: int | None = None) -> int:
         """Move messages from ``queue``'s dead-letter queue back to it, receive count reset."""

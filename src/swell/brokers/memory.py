@@ -69,7 +69,7 @@ class MemoryBroker:
             q = self._queues.get(s.name)
             if q is None:
                 self._queues[s.name] = _Queue(s)
-            elif s is spec or q.spec.max_receives == 0:
+            elif s is spec or q.spec.is_dead_letter:
                 q.spec = s
 
     def _q(self, name: str) -> _Queue:
@@ -141,6 +141,7 @@ class MemoryBroker:
             out.append(Delivery(receipt=Receipt(q.spec.name, rid, rec.token), body=rec.body,
                                 headers=dict(rec.headers or {}), receive_count=rec.receive_count,
                                 enqueued_at=rec.enqueued_at, first_received_at=rec.first_received_at))
+        out.sort(key=lambda d: d.receipt.id)  # a batch in message order, as on every backend
         return out
 
     def _held(self, r: Receipt) -> tuple[_Queue, _Record] | None:
@@ -193,7 +194,7 @@ class MemoryBroker:
 
     async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
         held = self._held(receipt)
-        if held is None:
+        if held is None or held[0].spec.dead_letter_queue is None:
             return False
         q, rec = held
         self._move_to_dlq(q, rec, reason, error, rec.receive_count)
@@ -255,7 +256,7 @@ class MemoryBroker:
         return n
 
     async def close(self) -> None:
-        self._waker.close()
+        self._waker.close()  # a receive still waiting returns what it has: nothing
 
 
 class MemoryKV:

@@ -118,6 +118,7 @@ class SqliteBroker:
         self._dedup_swept_at = 0.0
         self._kv = SqliteKV(self)
         self._orphan_releases: set[asyncio.Task[list[Receipt]]] = set()
+        self._closed = False
 
     @property
     def kv(self) -> SqliteKV:
@@ -141,6 +142,8 @@ class SqliteBroker:
         return self._conn
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise BrokerError(f"the SQLite broker on {self.path!r} is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._exec, self._call, fn, args)
 
@@ -176,7 +179,7 @@ class SqliteBroker:
         for s in dlq:  # a DLQ that was declared as a queue of its own keeps its own settings
             conn.execute("INSERT INTO swell_queues (name, spec) VALUES (?, ?) ON CONFLICT (name) "
                          "DO UPDATE SET spec = excluded.spec "
-                         "WHERE json_extract(swell_queues.spec, '$.max_receives') = 0",
+                         "WHERE json_extract(swell_queues.spec, '$.is_dead_letter')",
                          (s.name, msgspec.json.encode(s)))
 
     def _spec(self, conn: sqlite3.Connection, queue: str) -> QueueSpec:
@@ -350,6 +353,8 @@ class SqliteBroker:
     def _dead_letter(self, conn: sqlite3.Connection, r: Receipt, reason: str,
                      error: str | None, now: float) -> bool:
         spec = self._spec(conn, r.queue)
+        if spec.dead_letter_queue is None:
+            return False
         row = conn.execute("SELECT receive_count, enqueued_at, headers, body FROM swell_messages "
                            "WHERE id = ? AND token = ?", (r.id, r.token)).fetchone()
         if row is None:
@@ -415,17 +420,19 @@ class SqliteBroker:
             "DELETE FROM swell_messages WHERE queue = ?", (queue,)).rowcount)
 
     async def close(self) -> None:
-        self._waker.close()
+        if self._closed:
+            return
         if self._orphan_releases:
             await asyncio.gather(*self._orphan_releases, return_exceptions=True)
+        self._closed = True
+        self._waker.close()  # a receive still waiting returns what it has: nothing
 
-        def shut(_: sqlite3.Connection) -> None:
+        def shut() -> None:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
-        if self._conn is not None:
-            await self._run(shut)
+        await asyncio.get_running_loop().run_in_executor(self._exec, shut)
         self._exec.shutdown(wait=True)
 
 

@@ -28,6 +28,7 @@ class Waker:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._events: dict[str, asyncio.Event] = {}
+        self.closed = False
 
     def notify(self, queue: str) -> None:
         ev = self._events.pop(queue, None)
@@ -60,6 +61,8 @@ class Waker:
             until_due = math.inf if due is None else max(0.0, due - self.clock.time())
             timeout = min(remaining, until_due, interval if changed is not None else math.inf)
             woken = await self._wait(ev, timeout)
+            if self.closed:
+                return []
             ev = self._event(queue)
             if (woken or (due is not None and self.clock.time() >= due)
                     or (changed is not None and await changed())):
@@ -84,6 +87,7 @@ class Waker:
         return ev.is_set()
 
     def close(self) -> None:
+        self.closed = True
         for ev in self._events.values():
             ev.set()
         self._events.clear()
