@@ -1,31 +1,32 @@
-"""One Dispatcher per function: lease batches, run up to ``concurrency`` at once, settle each event.
+"""One Dispatcher per function: lease batches, run up to the controller's limit at once, settle.
 
-Settling: ack on success (acks are batched while the previous batch is being stored); on an
-exception, release with backoff while attempts remain, else dead-letter with the reason; a payload
-that fails validation is dead-lettered at once. Long handlers keep their lease alive.
+Settling, by the executor's ``Outcome``: ok → ack (acks are batched while the previous batch is
+being stored); failed, timed out or crashed → release with backoff while attempts remain, else
+dead-letter with the reason; throttled → back with the downstream's retry-after, not counted as an
+attempt; invalid or malformed → dead-letter at once. Long handlers keep their lease alive.
+
+At a limit of zero the dispatcher is its function's activator: it waits for one event and asks
+for a unit at once, instead of waiting for the scaler's next tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
-from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
-from functools import partial
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
-import pydantic
-
-from swell.brokers.base import Broker, Delivery, Receipt
+from swell.brokers.base import Broker, Delivery, QueueSpec, Receipt
 from swell.core.clock import Clock
-from swell.core.errors import PayloadError, SwellError
-from swell.core.event import Event
+from swell.core.errors import SwellError
 from swell.observe.metrics import FunctionMetrics
 from swell.runtime.app import Function
-from swell.runtime.context import Context, SyncContext
+from swell.runtime.executor import Executor, Outcome
 from swell.runtime.producer import Producer
+from swell.scaling.limiters import SharedLimiter, TokenBucket
+from swell.scaling.signals import Observation
 
 log = logging.getLogger("swell.dispatcher")
 
@@ -33,32 +34,37 @@ REASON_INVALID = "invalid payload"
 REASON_MALFORMED = "malformed event"
 REASON_FAILED = "failed"
 RECEIVE_WAIT_S = 5.0
+MAX_BATCH = 100
+PREFETCH_S = 0.05  # lease ahead what free units can start within this long
 
 
 class Dispatcher:
     """Runs one function against its queue."""
 
-    def __init__(self, function: Function, broker: Broker, producer: Producer, clock: Clock,
-                 max_receives: int, visibility_timeout_s: float) -> None:
-        self.fn = function
+    def __init__(self, fn: Function, broker: Broker, producer: Producer, clock: Clock,
+                 spec: QueueSpec, executor: Executor, *, bucket: TokenBucket | None = None,
+                 shared: tuple[SharedLimiter, ...] = (),
+                 on_activate: Callable[[], None] | None = None) -> None:
+        self.fn = fn
         self.broker = broker
         self.producer = producer
         self.clock = clock
+        self.executor = executor
         self.metrics = FunctionMetrics()
-        self._attempts = function.retry.allowed(max_receives)
-        self._lease_s = visibility_timeout_s
-        self._queue = function.queue.name
-        self._low_water = max(1, function.concurrency // 4)
-        self._slots_free = asyncio.Event()
-        self._running: dict[asyncio.Task[None], Delivery] = {}
+        self.limit = 0
+        self._attempts = fn.retry.allowed(spec.max_receives)
+        self._lease_s = spec.visibility_timeout_s
+        self._queue = spec.name
+        self._bucket = bucket
+        self._shared = shared
+        self._on_activate = on_activate
+        self._buffer: deque[Delivery] = deque()
+        # one task per busy unit; each works through the buffer, so an event costs no new task
+        self._workers: dict[asyncio.Task[None], Delivery | None] = {}
         self._lease_until: dict[Receipt, float] = {}
+        self._wake = asyncio.Event()
         self._acks: list[Receipt] = []
         self._acks_ready = asyncio.Event()
-        self._threads: ThreadPoolExecutor | None = None
-        self._context_type = Context if function.handler.is_async else SyncContext
-        if not function.handler.is_async:
-            self._threads = ThreadPoolExecutor(function.concurrency,
-                                               thread_name_prefix=f"swell-{function.name}")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._hurry = asyncio.Event()
@@ -69,6 +75,17 @@ class Dispatcher:
                        asyncio.create_task(self._keep_leases(), name=f"{self.fn.name}:keep"),
                        asyncio.create_task(self._ack_loop(), name=f"{self.fn.name}:ack")]
 
+    async def set_limit(self, units: int) -> None:
+        """The controller's decision: how many units may run at once."""
+        self.limit = max(0, units)
+        await self.executor.scale_to(self.limit)
+        self.poke()
+
+    def poke(self) -> None:
+        """Something changed (a unit became ready, the limit moved): look again."""
+        self._wake.set()
+        self._pump()
+
     async def stop(self, grace_s: float) -> None:
         """Stop leasing; let in-flight work finish within ``grace_s``; release what is left."""
         self._stopping = True
@@ -76,20 +93,25 @@ class Dispatcher:
         lease_task.cancel()
         with suppress(asyncio.CancelledError):
             await lease_task
+        unstarted = [d.receipt for d in self._buffer]
+        self._buffer.clear()
+        if unstarted:
+            await self.broker.release(unstarted, count=False)
         await self._wait_in_flight(grace_s)
-        left = list(self._running.items())
-        for task, _ in left:
+        workers = list(self._workers)
+        left = [d for d in self._workers.values() if d is not None]
+        for task in workers:
             task.cancel()
-        for task in self._tasks[1:]:
-            task.cancel()
-        await asyncio.gather(*self._tasks[1:], *(t for t, _ in left), return_exceptions=True)
-        await self._flush_acks()  # including a batch the ack loop was storing when cancelled
+        self._tasks[1].cancel()
+        await asyncio.gather(self._tasks[1], *workers, return_exceptions=True)
+        self._acks_ready.set()  # the ack loop stores what is pending, then ends
+        await asyncio.gather(self._tasks[2], return_exceptions=True)
+        await self._flush_acks()
         if left:
-            stale = await self.broker.release([d.receipt for _, d in left])
+            stale = await self.broker.release([d.receipt for d in left])
             log.info("%s: released %d unfinished event(s) at shutdown", self.fn.name,
                      len(left) - len(stale))
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+        await self.executor.stop()
 
     def hurry(self) -> None:
         """Cut the grace period of a stop short."""
@@ -100,54 +122,110 @@ class Dispatcher:
         until = loop.time() + grace_s
         hurry = asyncio.ensure_future(self._hurry.wait())
         try:
-            while self._running and not hurry.done() and loop.time() < until:
-                await asyncio.wait([*self._running, hurry], timeout=until - loop.time(),
+            while self.in_flight and not hurry.done() and loop.time() < until:
+                await asyncio.wait([*self._workers, hurry], timeout=until - loop.time(),
                                    return_when=asyncio.FIRST_COMPLETED)
         finally:
             hurry.cancel()
 
     @property
     def in_flight(self) -> int:
-        return len(self._running)
+        return sum(1 for d in self._workers.values() if d is not None)
+
+    def observe(self, t: float, depth: int | None, delayed: int, oldest_age_s: float | None
+                ) -> Observation:
+        """This tick's raw readings, for the scaler's Sampler."""
+        m, ex = self.metrics, self.executor
+        return Observation(
+            t=t, depth=depth, in_flight=self.in_flight, delayed=delayed,
+            oldest_age_s=oldest_age_s, finished=m.finished, attempts=m.attempts, errors=m.errors,
+            throttles=m.throttles, service_times_s=m.take_tick_times(), starting=ex.starting,
+            ready=ex.ready(), busy=self.in_flight, cold_starts=ex.cold_starts,
+            current=self.limit)
 
     # -- leasing -------------------------------------------------------------------------------
+    def _batch(self) -> int:
+        """How many to lease now: what free units can start within ``PREFETCH_S``."""
+        svc = self.metrics.service_times_s[-1] if self.metrics.service_times_s else None
+        per_unit = 1 if svc is None else max(1, min(MAX_BATCH, int(PREFETCH_S / max(svc, 1e-4))))
+        units = self.executor.ready()
+        return min(MAX_BATCH, units * per_unit) - self.in_flight - len(self._buffer)
+
     async def _lease_loop(self) -> None:
-        concurrency = self.fn.concurrency
         while not self._stopping:
-            free = concurrency - len(self._running)
-            if free < self._low_water and self._running:
-                # a no-op handler frees slots one by one: wait for a useful batch, briefly
-                self._slots_free.clear()
+            busy = bool(self._workers or self._buffer)
+            if self.limit == 0:
+                n = 0 if busy else 1  # the activator's probe
+            else:
+                n = self._batch()
+                if n < max(1, self.limit // 4, self._refill) and busy:
+                    n = 0  # wait for a batch worth a round trip
+            if n <= 0:
+                self._wake.clear()
                 with suppress(TimeoutError):
-                    async with asyncio.timeout(0.002):
-                        await self._slots_free.wait()
-                free = concurrency - len(self._running)
-                if free <= 0:
-                    continue
+                    async with asyncio.timeout(0.002 if busy else None):
+                        await self._wake.wait()
+                continue
             try:
-                deliveries = await self.broker.receive(self._queue, free, self._lease_s,
-                                                       wait_s=RECEIVE_WAIT_S)
+                got = await self.broker.receive(self._queue, n, self._lease_s, wait_s=RECEIVE_WAIT_S)
             except SwellError as exc:
                 log.error("%s: receive failed: %s; retrying in 1 s", self.fn.name, exc)
                 await self.clock.sleep(1.0)
                 continue
-            lease_until = self.clock.monotonic() + self._lease_s
-            for d in deliveries:
-                task = asyncio.create_task(self._process(d))
-                self._running[task] = d
-                self._lease_until[d.receipt] = lease_until
-                task.add_done_callback(self._finished)
+            until = self.clock.monotonic() + self._lease_s
+            for d in got:
+                self._lease_until[d.receipt] = until
+            self._buffer.extend(got)
+            if got and self.limit == 0:
+                await self._activate()
+            self._pump()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        d = self._running.pop(task, None)
+    async def _activate(self) -> None:
+        log.debug("%s: activated from zero", self.fn.name)
+        await self.set_limit(1)
+        if self._on_activate is not None:
+            self._on_activate()
+
+    @property
+    def _refill(self) -> int:
+        """Lease again when the buffer is down to half a batch, so units never wait for it."""
+        return len(self._buffer) // 2 if self._buffer else 0
+
+    def _pump(self) -> None:
+        """Put free units to work on buffered events."""
+        units = self.executor.ready()
+        while self._buffer and len(self._workers) < units:
+            task = asyncio.create_task(self._work())
+            self._workers[task] = None
+            task.add_done_callback(self._worker_done)
+
+    async def _work(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        done = 0
+        while self._buffer and len(self._workers) <= self.executor.ready():
+            d = self._buffer.popleft()
+            self._workers[me] = d
+            self.metrics.in_flight = self.in_flight
+            await self._process(d)
+            self._workers[me] = None
+            self._lease_until.pop(d.receipt, None)
+            done += 1
+            if len(self._buffer) <= MAX_BATCH // 2:
+                self._wake.set()  # time to lease the next batch
+            if done % 16 == 0:
+                await asyncio.sleep(0)  # a handler that never waits must not starve the loop
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        d = self._workers.pop(task, None)
         if d is not None:
             self._lease_until.pop(d.receipt, None)
-        self.metrics.in_flight = len(self._running)
-        if self.fn.concurrency - len(self._running) >= self._low_water:
-            self._slots_free.set()
+        self.metrics.in_flight = self.in_flight
+        self._pump()
+        self._wake.set()
 
     async def _keep_leases(self) -> None:
-        """Extend the leases of long-running handlers before they expire."""
+        """Extend the leases of long-running (and buffered) events before they expire."""
         period = max(self._lease_s / 3, 0.05)
         while True:
             await self.clock.sleep(period)
@@ -172,51 +250,52 @@ class Dispatcher:
         return not stale
 
     # -- one event -----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _gates(self) -> AsyncIterator[None]:
+        """Wait for the function's rate limit and its named limiters (not counted as service)."""
+        if self._bucket is not None:
+            await self._bucket.acquire()
+        if not self._shared:
+            yield
+            return
+        async with AsyncExitStack() as stack:
+            for limiter in self._shared:
+                await stack.enter_async_context(limiter.hold())
+            yield
+
     async def _process(self, d: Delivery) -> None:
+        self.metrics.received += 1
+        async with self._gates():
+            loop = asyncio.get_running_loop()
+            timeout = self.fn.timeout_s
+            extras: dict[str, Any] = {
+                "deadline": None if timeout is None else loop.time() + timeout,
+                "producer": self.producer, "extend": lambda s: self._extend(d.receipt, s)}
+            outcome = await self.executor.execute(d, extras)
+        await self._settle(d, outcome)
+
+    async def _settle(self, d: Delivery, out: Outcome) -> None:
         m = self.metrics
-        m.received += 1
-        m.in_flight = len(self._running)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = None if self.fn.timeout_s is None else started + self.fn.timeout_s
-        try:
-            event = Event.from_json(d.body)
-            ctx = self._context_type(event=event, delivery=d, function=self.fn.name,
-                                     deadline=deadline, producer=self.producer,
-                                     extend=lambda s: self._extend(d.receipt, s))
-            kwargs = self.fn.handler.arguments(event, ctx)
-        except (PayloadError, pydantic.ValidationError) as exc:
-            if isinstance(exc, PayloadError):
-                await self._dead_letter(d, REASON_MALFORMED, str(exc))
-            else:
-                await self._dead_letter(d, REASON_INVALID, describe_validation(exc))
+        kind = out.kind
+        if kind in ("invalid", "malformed"):
+            reason = REASON_INVALID if kind == "invalid" else REASON_MALFORMED
+            await self._dead_letter(d, reason, out.error or kind)
             return
-        thread = None
-        if self._threads is None:
-            call: Awaitable[Any] = self.fn.handler.fn(**kwargs)
-        else:
-            thread = loop.run_in_executor(self._threads, partial(self.fn.handler.fn, **kwargs))
-            call = asyncio.shield(thread)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await call
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and deadline is not None and loop.time() >= deadline:
-                error = f"timed out after {self.fn.timeout_s:g}s"
-            else:
-                error = "".join(traceback.format_exception_only(exc)).strip()
-            m.service_times_s.append(loop.time() - started)
-            await self._failed(d, error)
-            if thread is not None and not thread.done() and not self._stopping:
-                # a thread cannot be stopped: its slot stays taken until it returns
-                await asyncio.wait([thread])
+        m.attempts += 1
+        if kind == "throttled":
+            m.throttles += 1
+            with suppress(SwellError):
+                await self.broker.release([d.receipt], out.retry_after_s or 0.0, count=False)
             return
-        m.service_times_s.append(loop.time() - started)
-        m.succeeded += 1
-        self._acks.append(d.receipt)
-        self._acks_ready.set()
+        if kind != "crashed":
+            m.service(out.service_s)
+        if kind == "ok":
+            m.succeeded += 1
+            self._acks.append(d.receipt)
+            self._acks_ready.set()
+            return
+        m.errors += 1
+        await self._failed(d, out.error or kind)
 
     async def _failed(self, d: Delivery, error: str) -> None:
         attempt = d.receive_count
@@ -238,7 +317,7 @@ class Dispatcher:
 
     # -- acks ----------------------------------------------------------------------------------
     async def _ack_loop(self) -> None:
-        while True:
+        while not (self._stopping and not self._workers and not self._acks):
             await self._acks_ready.wait()
             await self._flush_acks()
 
@@ -257,9 +336,3 @@ class Dispatcher:
             return
         if stale:
             log.warning("%s: %d ack(s) refused: their leases had expired", self.fn.name, len(stale))
-
-
-def describe_validation(exc: pydantic.ValidationError) -> str:
-    """A validation error on one line per field, without pydantic's documentation links."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
-                     for e in exc.errors(include_url=False))

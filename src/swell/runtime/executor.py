@@ -1,0 +1,142 @@
+"""Executors run one event's handler and say how it went; the Dispatcher settles by the outcome.
+
+``InlineExecutor`` runs async handlers as tasks on the runtime's loop and sync ones in threads;
+``ProcessExecutor`` (process.py) runs them in worker processes forked from a warm parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal, Protocol
+
+import pydantic
+
+from swell.brokers.base import Delivery
+from swell.core.errors import PayloadError, Throttled
+from swell.core.event import Event
+from swell.runtime.app import Function
+from swell.runtime.context import Context, SyncContext
+from swell.runtime.producer import Producer
+
+Kind = Literal["ok", "failed", "invalid", "malformed", "throttled", "timeout", "crashed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt went. ``service_s`` is the handler's own time."""
+
+    kind: Kind
+    error: str | None = None
+    retry_after_s: float | None = None
+    service_s: float = 0.0
+
+
+def describe(exc: BaseException) -> str:
+    """An exception on one line (or a few, for chained messages): type and message."""
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
+def describe_validation(exc: pydantic.ValidationError) -> str:
+    """A validation error on one line per field, without pydantic's documentation links."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
+                     for e in exc.errors(include_url=False))
+
+
+def bind(fn: Function, d: Delivery, context: type[Context], extras: dict[str, Any]
+         ) -> tuple[Event[Any], dict[str, Any]] | Outcome:
+    """Decode and validate an event for ``fn``: its call arguments, or the outcome that ends it."""
+    try:
+        event = Event.from_json(d.body)
+        ctx = context(event=event, delivery=d, function=fn.name, **extras)
+        return event, fn.handler.arguments(event, ctx)
+    except PayloadError as exc:
+        return Outcome("malformed", str(exc))
+    except pydantic.ValidationError as exc:
+        return Outcome("invalid", describe_validation(exc))
+
+
+def outcome_of(exc: Exception, timeout_s: float | None, timed_out: bool, service_s: float) -> Outcome:
+    """The outcome of a handler that raised."""
+    if isinstance(exc, Throttled):
+        return Outcome("throttled", describe(exc), exc.retry_after_s, service_s)
+    if timed_out:
+        return Outcome("timeout", f"timed out after {timeout_s:g}s", None, service_s)
+    return Outcome("failed", describe(exc), None, service_s)
+
+
+class Executor(Protocol):
+    """Where handlers run. Units are async slots (inline) or instances (process)."""
+
+    starting: int
+    cold_starts: int
+
+    def ready(self) -> int:
+        """Units able to take an event now or soon (idle or busy), not counting cold ones."""
+
+    async def scale_to(self, units: int) -> None: ...
+
+    async def execute(self, d: Delivery, extras: dict[str, Any]) -> Outcome: ...
+
+    async def stop(self) -> None: ...
+
+
+class InlineExecutor:
+    """Async handlers on the loop; sync handlers in a thread pool. Units cost nothing to start."""
+
+    starting = 0
+    cold_starts = 0
+
+    def __init__(self, fn: Function, producer: Producer, max_units: int) -> None:
+        self.fn = fn
+        self.producer = producer
+        self._units = 0
+        self._threads = None if fn.handler.is_async else ThreadPoolExecutor(
+            max_units, thread_name_prefix=f"swell-{fn.name}")
+        self._context = Context if fn.handler.is_async else SyncContext
+        self._stuck = 0  # threads still running handlers that timed out
+
+    def ready(self) -> int:
+        # a thread cannot be stopped: a timed-out one keeps its unit until it returns
+        return max(0, self._units - self._stuck)
+
+    def _unstick(self, _: object) -> None:
+        self._stuck -= 1
+
+    async def scale_to(self, units: int) -> None:
+        self._units = units
+
+    async def execute(self, d: Delivery, extras: dict[str, Any]) -> Outcome:
+        bound = bind(self.fn, d, self._context, extras)
+        if isinstance(bound, Outcome):
+            return bound
+        _, kwargs = bound
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = extras.get("deadline")
+        thread = None
+        if self._threads is None:
+            call: Any = self.fn.handler.fn(**kwargs)
+        else:
+            thread = loop.run_in_executor(self._threads, partial(self.fn.handler.fn, **kwargs))
+            call = asyncio.shield(thread)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await call
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            timed_out = (isinstance(exc, TimeoutError) and deadline is not None
+                         and loop.time() >= deadline)
+            if thread is not None and not thread.done():
+                self._stuck += 1
+                thread.add_done_callback(self._unstick)
+            return outcome_of(exc, self.fn.timeout_s, timed_out, loop.time() - started)
+        return Outcome("ok", service_s=loop.time() - started)
+
+    async def stop(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
