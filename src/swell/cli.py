@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
@@ -75,19 +76,38 @@ def main() -> None:
               help="How long in-flight work may finish after SIGINT/SIGTERM.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--metrics", "metrics_at", default="127.0.0.1:9464", show_default=True,
+              envvar="SWELL_METRICS", metavar="HOST:PORT",
+              help="Serve Prometheus /metrics here ('off' to disable).")
 @command
-async def run(app_path: str, broker_url: str | None, grace: str, log_level: str) -> None:
+async def run(app_path: str, broker_url: str | None, grace: str, log_level: str,
+              metrics_at: str) -> None:
     """Run APP (a file.py or a pkg.module[:attribute]) until Ctrl-C."""
     from swell.runtime.runtime import Runtime
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_path)
     grace_s = seconds(grace, name="--grace")
+    metrics = _host_port(metrics_at)
     url = broker_url or default_broker_url()
     runtime = Runtime(app, url)
+    if metrics is not None:
+        from swell.observe.prometheus import serve_metrics
+
+        serve_metrics(runtime, *metrics)
     err_console.print(f"swell: running [bold]{app.name}[/] ({len(app.functions)} function(s)) "
                       f"on {url} (pid {os.getpid()})", highlight=False)
     await runtime.serve(grace_s)
+
+
+def _host_port(value: str) -> tuple[str, int] | None:
+    if value.strip().lower() in ("off", "none", "0", ""):
+        return None
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics {value!r}: use HOST:PORT (like 127.0.0.1:9464) or 'off'")
+    return host or "127.0.0.1", int(port)
 
 
 # -- send -------------------------------------------------------------------------------------
@@ -193,6 +213,51 @@ async def queues(broker_url: str | None) -> None:
         console.print("no queues yet: run an app (swell run APP) or the demo (swell demo)")
         return
     console.print(stats_table(rows))
+
+
+# -- status -----------------------------------------------------------------------------------
+def _f(x: float | None, fmt: str = "{:,.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:,.1f} ms"
+
+
+@main.command()
+@broker_option
+@command
+async def status(broker_url: str | None) -> None:
+    """Per running function: its signals and its controller's decision, and why."""
+    from swell.runtime.runtime import STATUS_PREFIX, FunctionStatus
+
+    async def go(broker: Broker) -> list[FunctionStatus]:
+        entries = await broker.kv.scan(STATUS_PREFIX)
+        return [msgspec.json.decode(e.value, type=FunctionStatus) for e in entries]
+
+    rows = await _with_broker(broker_url, go)
+    if not rows:
+        console.print("no function is running on this broker (start one with: swell run APP)")
+        return
+    table = Table(title="functions", title_justify="left", header_style="bold")
+    for col in ("function", "ready", "in flight", "oldest", "in/s", "out/s", "p99", "errors",
+                "throttled", "units"):
+        table.add_column(col, justify="left" if col == "function" else "right")
+    for r in rows:
+        s = r.signals
+        ready = _f(s.get("depth"), "{:,}") + (f" +{s['delayed']:,}" if s.get("delayed") else "")
+        units = f"{s.get('ready', 0)}" + (f"+{s['starting']}" if s.get("starting") else "")
+        table.add_row(
+            f"{r.app}.{r.function}" + (f"\n[dim]{r.node}[/]" if len(rows) > 1 else ""), ready,
+            f"{s.get('in_flight', 0):,}", _age(s.get("oldest_age_s") or 0.0),
+            _f(s.get("arrival_rate")), _f(s.get("completion_rate")), _ms(s.get("service_p99_s")),
+            f"{s.get('error_rate', 0.0):.1%}", f"{s.get('throttle_rate', 0.0):.1%}", units)
+    console.print(table)
+    for r in rows:
+        cold = r.signals.get("cold_starts", 0)
+        console.print(f"[bold]{r.app}.{r.function}[/] on {r.node} ({r.mode}, {r.controller}"
+                      f"{f', {cold} cold starts' if cold else ''}): {r.desired} unit(s) — {r.reason}",
+                      highlight=False)
 
 
 # -- dlq --------------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""``/metrics`` for Prometheus: the same signals the controllers see, read at scrape time, so an
+outside autoscaler (KEDA's prometheus or metrics-api scaler) can scale on them too."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swell.runtime.runtime import Runtime
+
+log = logging.getLogger("swell.metrics")
+
+#: gauge name, help, how to read it from Signals
+_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("queue_depth", "Events ready and waiting.", "depth"),
+    ("queue_delayed", "Events waiting out a delay (retry backoff, throttle).", "delayed"),
+    ("queue_oldest_age_seconds", "Age of the oldest unfinished event.", "oldest_age_s"),
+    ("in_flight", "Events being handled now.", "in_flight"),
+    ("arrival_rate", "Events/s arriving (smoothed estimate).", "arrival_rate"),
+    ("completion_rate", "Events/s finished (smoothed).", "completion_rate"),
+    ("service_time_seconds", "Mean handler time over the last tick.", "service_time_s"),
+    ("service_time_p50_seconds", "Median handler time (recent).", "service_p50_s"),
+    ("service_time_p99_seconds", "99th percentile handler time (recent).", "service_p99_s"),
+    ("error_ratio", "Failed attempts / attempts (smoothed).", "error_rate"),
+    ("throttle_ratio", "Throttled attempts / attempts (smoothed).", "throttle_rate"),
+    ("instances_starting", "Instances cold-starting.", "starting"),
+    ("instances_ready", "Instances ready (idle or busy).", "ready"),
+    ("instances_busy", "Instances handling an event.", "busy"),
+)
+_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("attempts", "Handler attempts that ended.", "attempts"),
+    ("errors", "Failed, timed-out and crashed attempts.", "errors"),
+    ("throttles", "Throttled attempts.", "throttles"),
+    ("cold_starts", "Instances started.", "cold_starts"),
+)
+
+
+class SwellCollector:
+    """A prometheus-client collector over a running Runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["app", "function", "queue"]
+        states = list(self.runtime.functions.values())
+        desired = GaugeMetricFamily("swell_desired_units", "The controller's decision.",
+                                    labels=labels)
+        done = CounterMetricFamily("swell_events_succeeded", "Events acked.", labels=labels)
+        dead = CounterMetricFamily("swell_events_dead_lettered", "Events dead-lettered.",
+                                   labels=labels)
+        families: list[tuple[GaugeMetricFamily | CounterMetricFamily, str]] = [
+            (GaugeMetricFamily(f"swell_{n}", h, labels=labels), a) for n, h, a in _GAUGES]
+        families += [(CounterMetricFamily(f"swell_{n}", h, labels=labels), a)
+                     for n, h, a in _COUNTERS]
+        for st in states:
+            values = [self.runtime.app.name, st.fn.name, st.fn.queue.name]
+            desired.add_metric(values, st.decision.desired)
+            done.add_metric(values, st.dispatcher.metrics.succeeded)
+            dead.add_metric(values, st.dispatcher.metrics.dead_lettered)
+            s = st.signals
+            if s is None:
+                continue
+            for family, attr in families:
+                value = getattr(s, attr)
+                if value is not None:
+                    family.add_metric(values, float(value))
+        yield desired
+        yield done
+        yield dead
+        for family, _ in families:
+            yield family
+
+
+def serve_metrics(runtime: Runtime, host: str, port: int) -> bool:
+    """Serve ``/metrics`` on ``host:port`` in a background thread; ``False`` if the port is taken."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SwellCollector(runtime))
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        log.warning("metrics not served on %s:%d: %s", host, port, exc.strerror)
+        return False
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return True
