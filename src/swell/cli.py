@@ -339,3 +339,12 @@ async def demo(events: int, broker_url: str | None) -> None:
     from swell.demo import run_demo
 
     await run_demo(broker_url or default_broker_url(), events, console)
+
+
+def _register_sim() -> None:
+    from swell.scaling.report import sim
+
+    main.add_command(sim)
+
+
+_register_sim()

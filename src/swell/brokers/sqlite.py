@@ -13,6 +13,7 @@ import asyncio
 import os
 import random
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -133,9 +134,8 @@ class SqliteBroker:
                     os.makedirs(folder, exist_ok=True)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout = 10000")
-                conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
-                conn.executescript(SCHEMA)
+                _setup(conn)
             except (OSError, sqlite3.Error) as exc:
                 raise BrokerUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
             self._conn = conn
@@ -434,6 +434,21 @@ class SqliteBroker:
 
         await asyncio.get_running_loop().run_in_executor(self._exec, shut)
         self._exec.shutdown(wait=True)
+
+
+def _setup(conn: sqlite3.Connection) -> None:
+    """WAL mode and the schema. Two processes opening a new file at once can find it locked in a
+    way SQLite's busy handler does not wait out (the switch to WAL), so that part is retried."""
+    for attempt in range(100):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.01 + random.random() * 0.04)
 
 
 def _token() -> int:

@@ -1,0 +1,258 @@
+"""Tables and plots of a simulator comparison, and the ``swell sim`` command.
+
+    swell sim --shape step --shape traffic.csv --controllers auto,fixed:8,hpa --quota 50/s
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from swell.core.config import seconds
+from swell.core.errors import ConfigError, MissingDependency, SwellError
+from swell.scaling.controllers import parse_controller
+from swell.scaling.sim import Floor, Shape, SimParams, SimResult, Summary, compare, fluid_floor, parse_shape
+
+__all__ = ["COLUMNS", "DEFAULT_CONTROLLERS", "markdown", "parse_rate", "plot_shape", "rich_table",
+           "run_with_progress", "sim", "write_report"]
+
+Comparison = dict[str, dict[str, Summary]]
+DEFAULT_CONTROLLERS = "auto,fixed:8,fixed:16,hpa,kpa,aimd,gradient2"
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h))?\s*$")
+_PER = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_rate(value: str | float, *, name: str = "rate") -> float:
+    """Requests/s from ``"100/s"``, ``"6000/min"``, ``"100"`` or a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        out = float(value)
+    else:
+        m = _RATE.match(str(value))
+        if m is None:
+            raise ConfigError(f"{name} {value!r} is not a rate (like '100/s', '6000/min')")
+        out = float(m.group(1)) / _PER[m.group(2)]
+    if not out > 0:
+        raise ConfigError(f"{name} must be positive, got {value!r}")
+    return out
+
+
+# -- numbers ----------------------------------------------------------------------------------
+def _s(x: float | None) -> str:
+    if x is None:
+        return "never"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def _n(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}" if x == int(x) else f"{x:,.1f}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %" if x >= 0.001 or x == 0 else f"{100 * x:.2f} %"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+COLUMNS: list[tuple[str, str, Callable[[Summary], str]]] = [
+    ("wait p50 s", "wait\np50 s", lambda s: _s(s.median.p50_wait_s)),
+    ("wait p99 s", "wait\np99 s", lambda s: _s(s.median.p99_wait_s)),
+    ("e2e p99 s", "e2e\np99 s", lambda s: _s(s.median.p99_e2e_s)),
+    ("peak backlog", "peak\nbacklog", lambda s: _n(s.median.peak_backlog)),
+    ("drain s", "drain\ns", lambda s: _s(s.median.drain_s)),
+    ("instance-s", "instance\nseconds", lambda s: _n(round(s.median.instance_s))),
+    ("over-prov", "over-\nprov", lambda s: _ratio(s.median.over_provisioning)),
+    ("cold starts", "cold\nstarts", lambda s: _n(s.median.cold_starts)),
+    ("429 rate", "429\nrate", lambda s: _pct(s.median.throttle_rate)),
+    ("error rate", "error\nrate", lambda s: _pct(s.median.error_rate)),
+    ("reversals", "rever-\nsals", lambda s: _n(s.median.reversals)),
+    ("served", "served", lambda s: f"{s.served_runs}/{s.runs}"),
+    ("to zero s", "to zero\ns", lambda s: "-" if s.median.to_zero_s is None else _s(s.median.to_zero_s)),
+]
+"""The table's columns: name, a two-line header (the table stays under ~130 columns) and how to
+show a summary (medians over seeds)."""
+
+
+def _floor_note(floor: Floor) -> str:
+    return (f"floor (quota-bound fluid queue): p99 wait {_s(floor.p99_wait_s)} s, peak backlog "
+            f"{_n(round(floor.peak_backlog))}, drain {_s(floor.drain_s)} s, busy-s "
+            f"{_n(round(floor.busy_s))}, reversals >= {floor.min_reversals} if down in every gap")
+
+
+def rich_table(shape: str, rows: dict[str, Summary], floor: Floor | None = None) -> Table:
+    """One shape: a row per controller, medians over seeds."""
+    runs = max((s.runs for s in rows.values()), default=0)
+    table = Table(title=f"{shape}: medians of {runs} seed(s)", title_justify="left",
+                  header_style="bold", caption=_floor_note(floor) if floor else None,
+                  caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("controller", no_wrap=True)
+    for _, head, _ in COLUMNS:
+        table.add_column(head, justify="right", no_wrap=True,
+                         min_width=max(len(x) for x in head.splitlines()))
+    for name, summary in rows.items():
+        table.add_row(name, *(show(summary) for _, _, show in COLUMNS))
+    return table
+
+
+def markdown(comparison: Comparison, params: SimParams, floors: dict[str, Floor] | None = None,
+             title: str = "swell sim") -> str:
+    """The tables as markdown, a section per shape."""
+    seeds = max((s.runs for rows in comparison.values() for s in rows.values()), default=0)
+    out = [f"# {title}", "",
+           f"Medians of {seeds} seed(s). Model: quota {params.quota_rps:g}/s (burst {params.burst}), "
+           f"CPU {params.cpu_s * 1000:g} ms, downstream latency {params.latency_base_s * 1000:g} ms "
+           f"(knee {params.latency_knee} in flight), cold start {params.cold_start_median_s:g} s "
+           f"median, at most {params.max_instances} instances"
+           + (f", fault: {params.fault_error_rate:.0%} errors for {params.fault_duration_s:g} s "
+              f"from t={params.fault_start_s:g} s" if params.fault else "") + ".", ""]
+    heads = ["controller", *(name for name, _, _ in COLUMNS)]
+    for shape, rows in comparison.items():
+        out += [f"## {shape}", "", "| " + " | ".join(heads) + " |",
+                "|" + "|".join(["---"] + ["---:"] * len(COLUMNS)) + "|"]
+        out += ["| " + " | ".join([name, *(show(s) for _, _, show in COLUMNS)]) + " |"
+                for name, s in rows.items()]
+        if floors and shape in floors:
+            out += ["", _floor_note(floors[shape]) + "."]
+        out.append("")
+    return "\n".join(out)
+
+
+# -- plots ------------------------------------------------------------------------------------
+def _matplotlib() -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise MissingDependency("matplotlib", "sim") from exc
+    return Figure, FigureCanvasAgg
+
+
+def plot_shape(shape: str, rows: dict[str, Summary], path: Path) -> Path:
+    """A PNG of arrivals, backlog and instances over time, one line per controller (first seed)."""
+    figure_cls, canvas_cls = _matplotlib()
+    fig = figure_cls(figsize=(11, 8.5), layout="constrained")
+    canvas_cls(fig)
+    ax_in, ax_q, ax_n = fig.subplots(3, 1, sharex=True)
+    first = next(iter(rows.values()))
+    ax_in.plot(range(len(first.series.arrivals)), first.series.arrivals, color="0.3", lw=0.8)
+    ax_in.set_ylabel("arrivals / s")
+    ax_in.set_title(f"{shape}: first seed of each controller", loc="left")
+    for name, s in rows.items():
+        xs = range(len(s.series.backlog))
+        ax_q.plot(xs, s.series.backlog, lw=1.0, label=name)
+        ax_n.plot(xs, s.series.instances, lw=1.0, label=name, drawstyle="steps-post")
+    ax_q.set_yscale("symlog", linthresh=10)
+    ax_q.set_ylabel("backlog (ready + delayed)")
+    ax_n.set_ylabel("instances")
+    ax_n.set_xlabel("t (s)")
+    ax_n.legend(loc="upper right", fontsize="small", ncols=min(4, len(rows)))
+    for ax in (ax_in, ax_q, ax_n):
+        ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _file_name(shape: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", shape) or "shape"
+
+
+def write_report(comparison: Comparison, out_dir: Path, params: SimParams,
+                 floors: dict[str, Floor] | None = None, plots: bool = True,
+                 title: str = "swell sim") -> list[Path]:
+    """``tables.md`` and a ``<shape>.png`` per shape in ``out_dir``; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if plots:
+        written += [plot_shape(shape, rows, out_dir / f"{_file_name(shape)}.png")
+                    for shape, rows in comparison.items()]
+    md = out_dir / "tables.md"
+    md.write_text(markdown(comparison, params, floors, title), encoding="utf-8")
+    return [md, *written]
+
+
+def run_with_progress(console: Console, shapes: Sequence[Shape | str], controllers: Sequence[str],
+                      seeds: int, params: SimParams, processes: int | None = None) -> Comparison:
+    """``compare`` with a rich progress bar."""
+    total = len(shapes) * len(controllers) * seeds
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("simulating", total=total)
+
+        def tick(r: SimResult) -> None:
+            progress.update(task, advance=1, description=f"{r.shape} / {r.controller}")
+
+        return compare(shapes, controllers, seeds, params, processes=processes, on_result=tick)
+
+
+# -- the command ------------------------------------------------------------------------------
+def _split(values: Sequence[str]) -> list[str]:
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
+
+
+@click.command("sim")
+@click.option("--shape", "shapes", multiple=True, default=("step",), show_default=True,
+              help="step, saw, diurnal, or a .csv of arrival timestamps (s); repeat or comma-separate.")
+@click.option("--controllers", default=DEFAULT_CONTROLLERS, show_default=True,
+              help="Comma list: auto, fixed:N, hpa, kpa, aimd, gradient2.")
+@click.option("--seeds", default=10, show_default=True, type=click.IntRange(1),
+              help="Runs per shape and controller; the table shows medians.")
+@click.option("--quota", default="100/s", show_default=True, help="Downstream rate limit.")
+@click.option("--burst", default=20, show_default=True, type=click.IntRange(1),
+              help="Downstream token bucket size.")
+@click.option("--cpu", "--service-time", "cpu", default="50ms", show_default=True,
+              help="Handler time before the downstream call.")
+@click.option("--latency", default="150ms", show_default=True,
+              help="Downstream latency when not loaded.")
+@click.option("--cold-start", default="2s", show_default=True, help="Median cold start.")
+@click.option("--max-instances", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--fault", is_flag=True, help="5 % of downstream calls fail for 60 s from t=120 s.")
+@click.option("--out", "out_dir", default="swell-sim", show_default=True,
+              type=click.Path(file_okay=False), help="Where the PNGs and tables.md go.")
+@click.option("--no-plot", is_flag=True, help="Tables only (no matplotlib needed).")
+@click.option("--processes", type=click.IntRange(1), default=None,
+              help="Worker processes (default: one per CPU).")
+def sim(shapes: tuple[str, ...], controllers: str, seeds: int, quota: str, burst: int, cpu: str,
+        latency: str, cold_start: str, max_instances: int, fault: bool, out_dir: str,
+        no_plot: bool, processes: int | None) -> None:
+    """Compare controllers on traffic shapes, on a virtual clock, before production does."""
+    console = Console(width=max(140, shutil.get_terminal_size().columns))
+    try:
+        params = SimParams(quota_rps=parse_rate(quota, name="--quota"), burst=burst,
+                           cpu_s=seconds(cpu, name="--cpu"),
+                           latency_base_s=seconds(latency, name="--latency"),
+                           cold_start_median_s=seconds(cold_start, name="--cold-start"),
+                           max_instances=max_instances, fault=fault)
+        specs = _split([controllers])
+        if not specs:
+            raise ConfigError("--controllers names no controller")
+        for spec in specs:
+            parse_controller(spec, max_instances)
+        resolved = [parse_shape(s) for s in _split(shapes)]
+        if not no_plot:
+            _matplotlib()
+        started = time.perf_counter()
+        comparison = run_with_progress(console, resolved, specs, seeds, params, processes)
+        floors = {s.name: fluid_floor(s, params) for s in resolved}
+        for shape, rows in comparison.items():
+            console.print(rich_table(shape, rows, floors[shape]))
+        paths = write_report(comparison, Path(out_dir), params, floors, plots=not no_plot)
+    except SwellError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    took = time.perf_counter() - started
+    console.print(f"{len(resolved) * len(specs) * seeds} runs in {took:.1f} s; wrote "
+                  + ", ".join(str(p) for p in paths), highlight=False)
