@@ -50,6 +50,7 @@ class Dispatcher:
         self.producer = producer
         self.clock = clock
         self.executor = executor
+        executor.on_change = self.poke  # a unit became ready (or went): look again
         self.metrics = FunctionMetrics()
         self.limit = 0
         self._attempts = fn.retry.allowed(spec.max_receives)

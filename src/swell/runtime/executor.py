@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -71,8 +72,16 @@ def outcome_of(exc: Exception, timeout_s: float | None, timed_out: bool, service
 class Executor(Protocol):
     """Where handlers run. Units are async slots (inline) or instances (process)."""
 
-    starting: int
-    cold_starts: int
+    on_change: Callable[[], None] | None
+    """Called when units start, become ready or end (the Dispatcher looks again)."""
+
+    @property
+    def starting(self) -> int:
+        """Units cold-starting."""
+
+    @property
+    def cold_starts(self) -> int:
+        """Units started so far."""
 
     def ready(self) -> int:
         """Units able to take an event now or soon (idle or busy), not counting cold ones."""
@@ -89,6 +98,7 @@ class InlineExecutor:
 
     starting = 0
     cold_starts = 0
+    on_change: Callable[[], None] | None = None  # inline units are ready at once
 
     def __init__(self, fn: Function, producer: Producer, max_units: int) -> None:
         self.fn = fn

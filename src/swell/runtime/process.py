@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
+import json
 import logging
 import multiprocessing
 import os
@@ -35,15 +35,20 @@ from typing import Any, Literal
 import msgspec
 import pydantic
 
+from swell.brokers.base import Delivery
 from swell.core import errors
-from swell.core.errors import AppError, PayloadError, SwellError, Throttled
+from swell.core.errors import AppError, PayloadError, SwellError
 from swell.core.event import Event
 from swell.runtime.app import App, Function
 from swell.runtime.context import Context
+from swell.runtime.executor import Outcome, describe, describe_validation, outcome_of
+from swell.runtime.producer import Producer
+
+__all__ = ["InstanceInfo", "Outcome", "ProcessExecutor", "ProcessPool", "find_function", "locate",
+           "locate_app"]
 
 log = logging.getLogger("swell.process")
 
-OutcomeKind = Literal["ok", "failed", "invalid", "malformed", "throttled", "timeout", "crashed"]
 PublishFn = Callable[[str, Any, dict[str, Any]], Awaitable[str]]
 ExtendFn = Callable[[float], Awaitable[bool]]
 
@@ -53,24 +58,15 @@ EOF_GRACE_S = 0.5     # after exit, for the last frames (a grandchild may hold t
 RECENT = 256          # cold-start samples kept
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct("!I")
-_PRELOAD: set[str] = {"swell.runtime.process"}
-
-
-class Outcome(msgspec.Struct, frozen=True):
-    """How one event went in an instance. ``service_s`` is measured in the worker (decode to end),
-    or by the parent for ``timeout`` and ``crashed``."""
-
-    kind: OutcomeKind
-    error: str | None = None
-    retry_after_s: float | None = None
-    service_s: float = 0.0
+_WARM_ENV = "SWELL_WARM_PARENT"
+_warm_lock = threading.Lock()
 
 
 class InstanceInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One live instance, as ``ProcessPool.instances()`` reports it."""
 
     pid: int | None
-    state: Literal["starting", "idle", "busy"]
+    state: Literal["starting", "idle", "busy", "retiring"]
     runs: int
     idle_for_s: float
 
@@ -131,16 +127,6 @@ _decode_in_worker = msgspec.msgpack.Decoder(_ToWorker).decode
 def _frame(msg: msgspec.Struct) -> bytes:
     payload = _encode(msg)
     return _HEADER.pack(len(payload)) + payload
-
-
-def _one_line(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(exc)).strip()
-
-
-def _describe_validation(exc: pydantic.ValidationError) -> str:
-    # as the inline executor words it: one clause per field, no documentation links
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
-                     for e in exc.errors(include_url=False))
 
 
 # -- the worker --------------------------------------------------------------------------------------
@@ -258,7 +244,7 @@ def _worker_main(sock: socket.socket, target: str, function: str) -> None:
         fn = find_function(target, function)
     except Exception as exc:
         with suppress(OSError):
-            channel.send(_LoadFailed(_one_line(exc)))
+            channel.send(_LoadFailed(describe(exc)))
         return
     is_async = fn.handler.is_async
     with suppress(OSError), asyncio.Runner() if is_async else nullcontext() as runner:
@@ -279,7 +265,7 @@ def _invoke(fn: Function, run: _Run, channel: _Channel, runner: asyncio.Runner |
     except PayloadError as exc:
         return _Done(Outcome("malformed", str(exc), service_s=time.monotonic() - received), 0.0)
     except pydantic.ValidationError as exc:
-        return _Done(Outcome("invalid", _describe_validation(exc),
+        return _Done(Outcome("invalid", describe_validation(exc),
                              service_s=time.monotonic() - received), 0.0)
     started = time.monotonic()
     try:
@@ -287,14 +273,10 @@ def _invoke(fn: Function, run: _Run, channel: _Channel, runner: asyncio.Runner |
             fn.handler.fn(**kwargs)
         else:
             runner.run(_call_async(fn.handler.fn(**kwargs), deadline))
-    except Throttled as exc:
-        outcome = Outcome("throttled", str(exc), exc.retry_after_s, time.monotonic() - received)
     except Exception as exc:
-        if isinstance(exc, TimeoutError) and deadline is not None and time.monotonic() >= deadline:
-            outcome = Outcome("timeout", f"timed out after {run.timeout_s:g}s",
-                              service_s=time.monotonic() - received)
-        else:
-            outcome = Outcome("failed", _one_line(exc), service_s=time.monotonic() - received)
+        now = time.monotonic()
+        timed_out = isinstance(exc, TimeoutError) and deadline is not None and now >= deadline
+        outcome = outcome_of(exc, run.timeout_s, timed_out, now - received)
     else:
         outcome = Outcome("ok", service_s=time.monotonic() - received)
     return _Done(outcome, started - received)
@@ -333,12 +315,16 @@ class ProcessPool:
     """Instances of one function, each a process forked from a warm parent that has the app loaded.
 
     ``module`` names the module holding the App (``pkg.module`` or ``pkg.module:attribute``; see
-    ``locate_app``). ``on_publish(queue, data, attrs)`` sends an event for a worker and returns its
-    id: ``attrs`` are ``Producer.send`` keyword arguments, ``delay_s`` included.
+    ``locate``). ``on_publish(queue, data, attrs)`` sends an event for a worker and returns its
+    id: ``attrs`` are ``Producer.send`` keyword arguments, ``delay_s`` included. ``on_change()`` is
+    called when an instance is started, becomes ready, is retired or ends. ``start_method="spawn"``
+    starts each instance as a fresh interpreter instead of a fork of the warm parent: the baseline a
+    cold start is compared to.
     """
 
     def __init__(self, module: str, function: str, *, timeout_s: float | None, min_instances: int = 0,
                  max_instances: int = 64, on_publish: PublishFn,
+                 on_change: Callable[[], None] | None = None,
                  start_method: Literal["forkserver", "spawn"] = "forkserver") -> None:
         if not 0 <= min_instances <= max_instances or max_instances < 1:
             raise AppError(f"need 0 <= min_instances <= max_instances and max_instances >= 1, got "
@@ -349,6 +335,7 @@ class ProcessPool:
         self.min_instances = min_instances
         self.max_instances = max_instances
         self._on_publish = on_publish
+        self._on_change = on_change
         self._method = start_method
         self._context: ForkServerContext | SpawnContext = (
             multiprocessing.get_context("forkserver") if start_method == "forkserver"
@@ -367,9 +354,8 @@ class ProcessPool:
         self._waiters: deque[asyncio.Future[_Instance]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._desired = min_instances
-        self._starter: ThreadPoolExecutor | None = None  # Process.start() blocks: one thread does it
         self._started = self._closed = False
-        self._last_busy = 0.0
+        self._last_busy = time.monotonic()
 
     # -- counters ------------------------------------------------------------------------------------
     def _count(self, *states: str) -> int:
@@ -403,10 +389,11 @@ class ProcessPool:
         return time.monotonic() - self._last_busy
 
     def instances(self) -> list[InstanceInfo]:
+        """Every instance whose process may still exist, retiring ones included."""
         now = time.monotonic()
         return [InstanceInfo(pid=i.pid, state=i.state, runs=i.runs,
                              idle_for_s=now - i.last_used if i.state == "idle" else 0.0)
-                for i in self._instances if i.state in ("starting", "idle", "busy")]
+                for i in self._instances if i.state != "ended"]
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -414,16 +401,10 @@ class ProcessPool:
         if self._started:
             return
         self._started = True
-        self._last_busy = time.monotonic()
-        self._starter = ThreadPoolExecutor(1, thread_name_prefix=f"swell-{self.function}-start")
         if self._method == "forkserver":
-            from multiprocessing import forkserver
-
-            _PRELOAD.add(self.module.partition(":")[0])
-            _PRELOAD.update(_imported_by_main())
-            forkserver.set_forkserver_preload(sorted(_PRELOAD))
             began = time.monotonic()
-            await asyncio.get_running_loop().run_in_executor(self._starter, forkserver.ensure_running)
+            await asyncio.get_running_loop().run_in_executor(
+                _processes(), _start_warm_parent, self.module.partition(":")[0])
             self.warm_parent_s = time.monotonic() - began
         await self.scale_to(self.min_instances)
 
@@ -470,8 +451,6 @@ class ProcessPool:
             await asyncio.wait(list(self._tasks), timeout=2 * EXIT_WAIT_S + EOF_GRACE_S)
         if self._tasks:
             log.error("%s: %d instance(s) did not end", self.function, len(self._tasks))
-        if self._starter is not None:
-            self._starter.shutdown(wait=False)
 
     # -- running an event -----------------------------------------------------------------------------
     async def run(self, body: bytes, attempt: int, *, extend: ExtendFn | None = None) -> Outcome:
@@ -485,6 +464,8 @@ class ProcessPool:
             inst = await self._acquire()
         except _Died as exc:
             return Outcome("crashed", str(exc))
+        if inst.state != "busy":  # it ended between being handed over and now
+            return Outcome("crashed", f"instance {inst.pid} ended before the event was sent")
         loop = asyncio.get_running_loop()
         inst.result = result = loop.create_future()
         inst.extend = extend
@@ -574,34 +555,39 @@ class ProcessPool:
         inst = _Instance(process, time.monotonic())
         self._instances.append(inst)
         self.cold_starts += 1
+        self._changed()
         task = asyncio.create_task(self._lifetime(inst, parent, child), name=f"swell:{self.function}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _retire(self, inst: _Instance) -> None:
         """End an instance that has no event: close its channel (it exits), or kill one still starting."""
-        if inst in self._idle:
-            self._idle.remove(inst)
-        was, inst.state, inst.expected_end = inst.state, "retiring", True
-        if was == "starting":
+        if inst.state == "starting":
             self._kill(inst)
-        elif inst.writer is not None:
+            return
+        self._stand_down(inst)
+        if inst.writer is not None:
             inst.writer.close()
 
     def _kill(self, inst: _Instance) -> None:
+        self._stand_down(inst)
+        if inst.pid is not None and not inst.exited.is_set():
+            with suppress(OSError, ValueError):
+                inst.process.kill()
+
+    def _stand_down(self, inst: _Instance) -> None:
+        """No more events for ``inst``: its end, whenever it comes, is no crash."""
         if inst.state in ("idle", "starting", "busy"):
             if inst in self._idle:
                 self._idle.remove(inst)
             inst.state, inst.expected_end = "retiring", True
-        if inst.pid is not None and not inst.exited.is_set():
-            with suppress(OSError, ValueError):
-                inst.process.kill()
+            self._changed()
 
     async def _lifetime(self, inst: _Instance, sock: socket.socket, child: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
             try:
-                await loop.run_in_executor(self._starter, inst.process.start)
+                await loop.run_in_executor(_processes(), inst.process.start)
             finally:
                 child.close()
             inst.pid = inst.process.pid
@@ -611,7 +597,7 @@ class ProcessPool:
                 self._kill(inst)
             await self._serve(inst, reader)
         except Exception as exc:
-            inst.error = inst.error or f"could not start: {_one_line(exc)}"
+            inst.error = inst.error or f"could not start: {describe(exc)}"
         finally:
             if inst.writer is None:
                 sock.close()
@@ -645,6 +631,7 @@ class ProcessPool:
                 inst.is_async = msg.is_async
                 self.cold_start_times_s.append(time.monotonic() - inst.spawned_at)
                 self._release(inst)
+                self._changed()
             else:
                 inst.error = msg.error
 
@@ -677,13 +664,15 @@ class ProcessPool:
                     inst.process.kill()
                 await _wait(inst.exited, EXIT_WAIT_S)
             asyncio.get_running_loop().remove_reader(inst.process.sentinel)
-        why = _describe_exit(inst.process.exitcode if inst.exited.is_set() else None)
+        code = None
+        if inst.exited.is_set():
+            code = await asyncio.get_running_loop().run_in_executor(_processes(), _close, inst.process)
+        why = _describe_exit(code)
         if inst.writer is not None:
             inst.writer.transport.abort()
-        if inst.exited.is_set():
-            inst.process.close()
         inst.state = "ended"
         self._instances.remove(inst)
+        self._changed()
         if inst.result is not None and not inst.result.done():
             inst.result.set_exception(_Died(f"instance {inst.pid} {why}"))
         if not inst.expected_end:
@@ -698,12 +687,36 @@ class ProcessPool:
         if not self._closed:
             self._fill()
 
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
     def _fail_waiters(self, error: str) -> None:
         """Waiting events no starting instance will serve get ``crashed`` now rather than wait on."""
         for _ in range(len(self._waiters) - self.starting):
             waiter = self._waiters.pop()
             if not waiter.done():
                 waiter.set_exception(_Died(error))
+
+
+_threads: list[ThreadPoolExecutor] = []
+
+
+def _processes() -> ThreadPoolExecutor:
+    """The one thread that starts and closes instance processes. ``Process.start()`` blocks (it
+    waits for the fork), and it polls every child multiprocessing knows of, so a ``close()`` in
+    another thread could pull a process out from under it."""
+    if not _threads:
+        _threads.append(ThreadPoolExecutor(1, thread_name_prefix="swell-processes"))
+    return _threads[0]
+
+
+def _close(process: BaseProcess) -> int | None:
+    process.join(EXIT_WAIT_S)  # its sentinel said it exited; the exit code may take a moment more
+    code = process.exitcode
+    if code is not None:
+        process.close()
+    return code
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
@@ -722,29 +735,119 @@ def _describe_exit(code: int | None) -> str:
     return "exited" if code == 0 else f"exited with code {code}"
 
 
-def _imported_by_main() -> set[str]:
-    """Modules the main script uses. Python 3.11's forkserver does not preload ``__main__`` (it is
-    never given its path), so each fork runs the main script again; preloading what that script
-    imports keeps the rerun cheap."""
-    main = sys.modules.get("__main__")
-    names: set[str] = set()
-    for value in vars(main).values() if main is not None else ():
-        name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
-        if isinstance(name, str) and not name.startswith("__"):
-            names.update({name, name.partition(".")[0]})
-    return names
+def locate(fn: Function) -> str:
+    """``module:attribute`` of the App that holds ``fn``, for ``ProcessPool(module=...)``."""
+    return _locate(lambda v: isinstance(v, App) and v.functions.get(fn.name) is fn,
+                   [fn.handler.fn.__module__], f"the app of function {fn.name!r}")
 
 
 def locate_app(app: App) -> str:
-    """``module:attribute`` naming ``app`` in an imported module, for ``ProcessPool(module=...)``."""
-    for name, module in list(sys.modules.items()):
-        if name in ("__main__", "__mp_main__"):
-            continue
-        for attr, value in list(vars(module).items()):
-            if value is app:
+    """``module:attribute`` naming ``app`` in an imported module."""
+    return _locate(lambda v: v is app, [f.handler.fn.__module__ for f in app.functions.values()],
+                   f"app {app.name!r}")
+
+
+def _locate(match: Callable[[object], bool], first: list[str], what: str) -> str:
+    # the handlers' module first, __main__ last (an instance runs the main script again to get it)
+    names = sorted(dict.fromkeys([*first, *sys.modules]), key=lambda n: n in ("__main__", "__mp_main__"))
+    for name in names:
+        for attr, value in list(getattr(sys.modules.get(name), "__dict__", {}).items()):
+            if match(value):
                 return f"{name}:{attr}"
-    main = sys.modules.get("__main__")
-    for attr, value in vars(main).items() if main is not None else ():
-        if value is app:
-            return f"__main__:{attr}"
-    raise AppError(f"app {app.name!r} is not a module attribute; process instances import it by name")
+    raise AppError(f"{what} is not a module attribute; process instances import it by name")
+
+
+# -- the executor --------------------------------------------------------------------------------------
+class ProcessExecutor:
+    """The Dispatcher's Executor for ``mode="process"``: units are instances of a ProcessPool.
+
+    Set ``on_change`` (e.g. to the Dispatcher's ``poke``) to hear when an instance starts, becomes
+    ready or ends.
+    """
+
+    def __init__(self, fn: Function, producer: Producer, max_units: int, min_instances: int) -> None:
+        async def publish(queue: str, data: Any, attrs: dict[str, Any]) -> str:
+            return await producer.send(queue, data, **attrs)
+
+        self.starting = self.cold_starts = 0
+        self.on_change: Callable[[], None] | None = None
+        self.pool = ProcessPool(locate(fn), fn.name, timeout_s=fn.timeout_s,
+                                min_instances=min_instances, max_instances=max(1, max_units),
+                                on_publish=publish, on_change=self._changed)
+
+    def _changed(self) -> None:
+        self.starting, self.cold_starts = self.pool.starting, self.pool.cold_starts
+        if self.on_change is not None:
+            self.on_change()
+
+    def ready(self) -> int:
+        return self.pool.ready
+
+    async def scale_to(self, units: int) -> None:
+        await self.pool.scale_to(units)
+
+    async def execute(self, d: Delivery, extras: dict[str, Any]) -> Outcome:
+        return await self.pool.run(d.body, d.receive_count, extend=extras.get("extend"))
+
+    async def stop(self) -> None:
+        # the Dispatcher has waited out its grace and cancelled what was left (killing those)
+        await self.pool.stop(grace_s=0.0)
+
+
+# -- the warm parent ---------------------------------------------------------------------------------
+def _start_warm_parent(module: str) -> None:
+    """Start the forkserver, once per process, with swell and ``module`` imported; wait until it forks.
+
+    Python 3.11's forkserver ignores the ``sys.path`` it is handed, so an app outside the default
+    path would not be preloaded, and each fork would run the parent's main script again (as
+    multiprocessing does), which an instance never needs unless the app lives there. So the pool
+    hands the forkserver its setup through the environment, and this module, which the forkserver
+    imports first, applies it (``_prepare_warm_parent``).
+    """
+    from multiprocessing import forkserver, spawn
+
+    with _warm_lock:
+        data = spawn.get_preparation_data("swell")
+        keep = ("sys_path", "init_main_from_name", "init_main_from_path")
+        setup = {k: data[k] for k in keep if k in data} | {"run_main": module == "__main__"}
+        os.environ[_WARM_ENV] = json.dumps(setup)
+        try:
+            forkserver.set_forkserver_preload(["swell.runtime.process", module])
+            forkserver.ensure_running()
+        finally:
+            os.environ.pop(_WARM_ENV, None)
+        probe = multiprocessing.get_context("forkserver").Process(target=int, daemon=True)
+        probe.start()  # returns once the forkserver has forked: it has imported everything
+        probe.join()
+        probe.close()
+
+
+def _prepare_warm_parent() -> None:
+    """In the forkserver: take the parent's ``sys.path``, and its main module if the app is there;
+    else mark the main module as present, so that no fork runs the main script again."""
+    raw = os.environ.pop(_WARM_ENV, None)
+    if raw is None:
+        return
+    from importlib.machinery import ModuleSpec
+    from multiprocessing import process, spawn
+
+    setup = json.loads(raw)
+    if not setup.pop("run_main"):
+        sys.path[:] = setup["sys_path"]
+        main = sys.modules["__main__"]
+        if "init_main_from_path" in setup:
+            main.__file__ = setup["init_main_from_path"]
+        if "init_main_from_name" in setup:
+            main.__spec__ = ModuleSpec(setup["init_main_from_name"], None)
+        return
+    current = process.current_process()
+    current._inheriting = True  # type: ignore[attr-defined]  # as multiprocessing does for __main__
+    try:
+        spawn.prepare(setup)
+    except Exception:
+        traceback.print_exc()  # each instance will run the main script again, and say why it fails
+    finally:
+        del current._inheriting  # type: ignore[attr-defined]
+
+
+_prepare_warm_parent()
