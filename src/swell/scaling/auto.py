@@ -32,7 +32,13 @@ HEADROOM = 1.15         # spare units over the arrival rate, so waits stay short
 QUOTA_SAFETY = 0.95     # run just under a learned downstream quota
 PROBE_AFTER_S = 30.0    # a quiet spell after which the limit may creep up again
 PROBE_EVERY_S = 5.0
-DOWN_WINDOW_S = 20.0    # scale down to the highest recommendation of this window
+DOWN_WINDOW_S = 10.0    # scale down to the highest recommendation of this window
+GROWTH = 1.5            # per tick, over what is proven ready
+QUIET_S = 2.0           # nothing waiting, running or finishing this long: keep one unit warm
+ARRIVAL_HALF_LIFE_S = 8.0  # steady demand follows a slow average; the backlog term takes bursts
+DEAD_BAND = 0.25        # a fraction of a unit of extra demand does not buy a unit
+DOWN_BAND = 0.5         # nor does a fraction of a unit of slack give one back
+THROTTLE_WINDOW_S = 2.0  # the downstream's quota is measured over this long
 ERROR_LIMIT = 0.3       # more failed attempts than this fraction lowers the limit
 LATENCY_LIMIT = 2.5     # so does service time this many times its calm baseline
 
@@ -47,6 +53,9 @@ class _State:
     last_limit_t: float = -math.inf
     last_probe_t: float = -math.inf
     idle_since: float | None = None
+    quiet_since: float | None = None
+    window: deque[Signals] = field(default_factory=deque)
+    arrivals: Ewma = field(default_factory=lambda: Ewma(ARRIVAL_HALF_LIFE_S))
     recent: deque[tuple[float, int]] = field(default_factory=deque)
 
 
@@ -84,20 +93,27 @@ class Auto:
             return Decision(st.decision.desired, f"hold at {st.decision.desired}: no signal")
         last, st.last = st.last, s
         dt = s.t - last.t if last is not None else 0.0
-        service = self._service(s, dt)
+        service = self._service(s, last, dt)
+        st.arrivals.update(s.arrival_rate or 0.0, dt)
         if last is not None and dt > 0:
             self._learn(s, last, dt, service)
+        quiet = (s.depth == 0 and s.delayed == 0 and s.in_flight == 0
+                 and (last is None or s.attempts == last.attempts))
+        st.quiet_since = (st.quiet_since if st.quiet_since is not None else s.t) if quiet else None
         st.decision = self._clamp(s, self._recommend(s, service))
         return st.decision
 
     # -- estimates -----------------------------------------------------------------------------
-    def _service(self, s: Signals, dt: float) -> float:
+    def _service(self, s: Signals, last: Signals | None, dt: float) -> float:
         st = self._st
+        st.window.append(s)
+        while st.window and st.window[0].t < s.t - THROTTLE_WINDOW_S:
+            st.window.popleft()
         if s.service_time_s is not None:
             value = st.service.update(s.service_time_s, dt)
             if st.calm_service is None or value < st.calm_service:
                 st.calm_service = value
-            elif s.throttles == (st.last.throttles if st.last else 0):
+            elif last is not None and s.throttles == last.throttles:
                 # drift the baseline up slowly, so a slower but healthy downstream is not "sick"
                 st.calm_service += (value - st.calm_service) * min(1.0, dt / 300.0)
         return st.service.value or PRIOR_SERVICE_S
@@ -108,9 +124,14 @@ class Auto:
         throttles = s.throttles - last.throttles
         errors = s.errors - last.errors
         if throttles > 0:
-            passed = max(0, attempts - throttles - errors) / dt
-            sustained = passed * service * QUOTA_SAFETY
-            st.limit = max(1.0, min(sustained, st.limit, float(max(s.busy, s.in_flight, 1))))
+            # what got through over the window is the downstream's quota; at a healthy latency
+            # that many calls need quota x calm service time units, and more only queue or fail
+            first = st.window[0]
+            span = s.t - first.t
+            passed = max(0, (s.attempts - first.attempts) - (s.throttles - first.throttles)
+                         - (s.errors - first.errors)) / span if span > 0 else 0.0
+            sustained = passed * (st.calm_service or service) * QUOTA_SAFETY
+            st.limit = max(1.0, min(sustained, float(max(s.busy, s.in_flight, 1))))
             st.last_limit_t = s.t
         elif s.t - st.last_limit_t > 2.0 and (self._erring(attempts, errors) or self._slow(s)):
             st.limit = max(1.0, min(st.limit, s.in_flight * 0.9))
@@ -130,12 +151,20 @@ class Auto:
                     and s.service_time_s > LATENCY_LIMIT * calm)
 
     def _recommend(self, s: Signals, service: float) -> tuple[int, str]:
+        st = self._st
         backlog = s.depth + s.delayed if s.depth is not None else 0
-        arrivals = s.arrival_rate or 0.0
+        # the slow average for steady demand, but never more than the recent rate: after a burst
+        # (already counted in the backlog) demand falls as fast as the arrivals do
+        arrivals = min(st.arrivals.value or 0.0, s.arrival_rate or 0.0)
         if backlog == 0 and s.in_flight == 0 and arrivals < 0.05:
             return 0, "idle"
+        if st.quiet_since is not None and s.t - st.quiet_since >= QUIET_S:
+            # no work for a while: whatever the average says, one warm unit is enough
+            return 0, f"quiet {s.t - st.quiet_since:.0f}s"
         demand = service * (arrivals * HEADROOM + backlog / self.target_wait_s)
-        want = max(1, math.ceil(demand - 1e-9))
+        want = max(1, math.ceil(demand - DEAD_BAND))
+        if want < st.decision.desired:  # hysteresis: give units back only with clear slack
+            want = min(st.decision.desired, max(1, math.ceil(demand + DOWN_BAND)))
         if backlog > 0:
             why = (f"backlog {backlog:,} / drain target {self.target_wait_s:g}s, "
                    f"{arrivals:,.1f}/s x {service * 1000:,.0f} ms")
@@ -156,12 +185,13 @@ class Auto:
                 st.recent.clear()
                 return Decision(self.min_units, f"idle {s.t - st.idle_since:.0f}s: scale to "
                                 f"{self.min_units}" if current else "idle")
-            return Decision(current, f"hold at {current}: idle {s.t - st.idle_since:.0f}s "
-                            f"of {self.idle_s:g}s")
+            warm = max(self.min_units, min(current, 1))  # idle units are pure cost: keep one
+            return Decision(warm, f"{'scale down' if warm < current else 'hold'} at {warm}: "
+                            f"idle {s.t - st.idle_since:.0f}s of {self.idle_s:g}s")
         st.idle_since = None
-        # up fast, but no more than doubles what is ready (a cold start must prove itself)
+        # up fast, but no more than half again what is ready (a cold start must prove itself)
         proven = max(s.ready, s.in_flight, 1)
-        want = min(want, max(2 * proven, proven + 4), self.max_units)
+        want = min(want, max(math.ceil(GROWTH * proven), proven + 4), self.max_units)
         want = max(want, self.min_units)
         st.recent.append((s.t, want))
         while st.recent and st.recent[0][0] < s.t - DOWN_WINDOW_S:
