@@ -25,21 +25,29 @@ from swell.runtime.context import Context
 from swell.runtime.producer import Producer
 from swell.runtime.retry import Retry
 from swell.runtime.runtime import Runtime
+from swell.scaling.auto import Auto
+from swell.scaling.base import Controller, Decision
+from swell.scaling.limiters import Limiter, RateLimit
+from swell.scaling.signals import Signals
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
     "AppError",
+    "Auto",
     "Broker",
     "BrokerError",
     "BrokerUnavailable",
     "Clock",
     "ConfigError",
     "Context",
+    "Controller",
+    "Decision",
     "Delivery",
     "Event",
     "Function",
+    "Limiter",
     "ManualClock",
     "Message",
     "MessageTooLarge",
@@ -49,10 +57,12 @@ __all__ = [
     "Queue",
     "QueueSpec",
     "QueueStats",
+    "RateLimit",
     "RealClock",
     "Receipt",
     "Retry",
     "Runtime",
+    "Signals",
     "StaleReceipt",
     "SwellError",
     "Throttled",
