@@ -12,14 +12,12 @@ event bodies and data never go through pickle.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -27,22 +25,31 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 
 import msgspec
-import pydantic
 
 from swell.brokers.base import Delivery
-from swell.core import errors
-from swell.core.errors import AppError, PayloadError, SwellError
-from swell.core.event import Event
+from swell.core.errors import AppError
 from swell.runtime.app import App, Function
-from swell.runtime.context import Context
-from swell.runtime.executor import Outcome, describe, describe_validation, outcome_of
+from swell.runtime.executor import Outcome, describe
 from swell.runtime.producer import Producer
+from swell.runtime.worker import (
+    _HEADER,
+    _decode_in_parent,
+    _Done,
+    _Extend,
+    _frame,
+    _Publish,
+    _Ready,
+    _Reply,
+    _Run,
+    _worker_main,
+    find_function,
+)
 
 __all__ = ["InstanceInfo", "Outcome", "ProcessExecutor", "ProcessPool", "find_function", "locate",
            "locate_app"]
@@ -57,7 +64,6 @@ EXIT_WAIT_S = 2.0     # for an instance to exit after its channel closed, before
 EOF_GRACE_S = 0.5     # after exit, for the last frames (a grandchild may hold the socket open)
 RECENT = 256          # cold-start samples kept
 MAX_FRAME = 64 * 1024 * 1024
-_HEADER = struct.Struct("!I")
 _WARM_ENV = "SWELL_WARM_PARENT"
 _warm_lock = threading.Lock()
 
@@ -69,222 +75,6 @@ class InstanceInfo(msgspec.Struct, frozen=True, kw_only=True):
     state: Literal["starting", "idle", "busy", "retiring"]
     runs: int
     idle_for_s: float
-
-
-# -- messages --------------------------------------------------------------------------------------
-class _Run(msgspec.Struct, tag="run", array_like=True):
-    body: bytes
-    attempt: int
-    timeout_s: float | None
-
-
-class _Reply(msgspec.Struct, tag="reply", array_like=True):
-    value: Any = None
-    error: str | None = None
-    error_type: str | None = None
-
-
-class _Ready(msgspec.Struct, tag="ready", array_like=True):
-    pid: int
-    is_async: bool
-
-
-class _LoadFailed(msgspec.Struct, tag="load_failed", array_like=True):
-    error: str
-
-
-class _Done(msgspec.Struct, tag="done", array_like=True):
-    outcome: Outcome
-    queued_s: float  # from the run message arriving to the handler being called
-
-
-class _Publish(msgspec.Struct, tag="publish", array_like=True):
-    queue: str
-    data: Any
-    attrs: dict[str, Any]
-
-
-class _Extend(msgspec.Struct, tag="extend", array_like=True):
-    seconds: float
-
-
-_ToWorker = _Run | _Reply
-_FromWorker = _Ready | _LoadFailed | _Done | _Publish | _Extend
-
-
-def _enc_hook(obj: Any) -> Any:
-    dump = getattr(obj, "model_dump", None)  # pydantic models travel as their JSON form, as inline
-    if dump is not None:
-        return dump(mode="json")
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
-_encode = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
-_decode_in_parent = msgspec.msgpack.Decoder(_FromWorker).decode
-_decode_in_worker = msgspec.msgpack.Decoder(_ToWorker).decode
-
-
-def _frame(msg: msgspec.Struct) -> bytes:
-    payload = _encode(msg)
-    return _HEADER.pack(len(payload)) + payload
-
-
-# -- the worker --------------------------------------------------------------------------------------
-class _Channel:
-    """The worker's end of the socket: blocking, one request at a time."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._in = sock.makefile("rb")
-        self._lock = threading.Lock()
-
-    def send(self, msg: msgspec.Struct) -> None:
-        with self._lock:
-            self._sock.sendall(_frame(msg))
-
-    def _recv(self) -> _Run | _Reply | None:
-        header = self._in.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            return None
-        msg: _Run | _Reply = _decode_in_worker(self._in.read(_HEADER.unpack(header)[0]))
-        return msg
-
-    def recv(self) -> _Run | _Reply | None:
-        with self._lock:
-            return self._recv()
-
-    def call(self, msg: _Publish | _Extend) -> Any:
-        with self._lock:
-            self._sock.sendall(_frame(msg))
-            reply = self._recv()
-        if not isinstance(reply, _Reply):
-            raise SwellError("the runtime went away")
-        if reply.error is not None:
-            raise _rebuild_error(reply.error_type, reply.error)
-        return reply.value
-
-
-def _rebuild_error(type_name: str | None, message: str) -> SwellError:
-    """The parent's error as the nearest swell error that takes just a message."""
-    cls = getattr(errors, type_name or "", None)
-    if isinstance(cls, type) and issubclass(cls, SwellError):
-        for base in cls.__mro__:
-            if issubclass(base, SwellError) and base.__init__ is SwellError.__init__:
-                return base(message)
-    return SwellError(f"{type_name}: {message}")
-
-
-class _WorkerContext(Context):
-    """A Context whose ``publish`` and ``extend`` are requests to the parent process."""
-
-    __slots__ = ("_channel",)
-
-    # no super().__init__(): there is no broker, producer or lease in a worker
-    def __init__(self, *, event: Event[Any], attempt: int, deadline: float | None, function: str,
-                 channel: _Channel) -> None:
-        self.event = event
-        self.attempt = attempt
-        self.deadline = deadline  # on time.monotonic(), which is also the worker loop's clock
-        self.function = function
-        self._channel = channel
-
-    @property
-    def remaining_s(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
-
-    def _request(self, queue: str, data: Any, delay_s: float, attrs: dict[str, Any]) -> _Publish:
-        attrs.setdefault("correlationid", self.event.correlationid or self.event.id)
-        attrs.setdefault("traceparent", self.event.traceparent)
-        attrs["delay_s"] = delay_s
-        return _Publish(queue, data, attrs)
-
-    def _call(self, msg: _Publish | _Extend) -> Any:
-        try:
-            return self._channel.call(msg)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise PayloadError(f"cannot encode as JSON: {exc}") from exc
-
-    async def publish(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
-        return str(self._call(self._request(queue, data, delay_s, attrs)))
-
-    async def extend(self, seconds: float) -> bool:
-        return bool(self._call(_Extend(seconds)))
-
-
-class _SyncWorkerContext(_WorkerContext):
-    """The worker Context of a plain ``def`` handler: ``publish`` and ``extend`` without ``await``."""
-
-    __slots__ = ()
-
-    def publish(self, queue: str, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
-                **attrs: Any) -> str:
-        return str(self._call(self._request(queue, data, delay_s, attrs)))
-
-    def extend(self, seconds: float) -> bool:  # type: ignore[override]
-        return bool(self._call(_Extend(seconds)))
-
-
-def find_function(target: str, function: str) -> Function:
-    """``function`` of the App in module ``target`` (``pkg.module`` or ``pkg.module:attribute``)."""
-    name, _, attr = target.partition(":")
-    module = importlib.import_module(name)
-    apps = [getattr(module, attr, None)] if attr else list(vars(module).values())
-    found = [a.functions[function] for a in apps if isinstance(a, App) and function in a.functions]
-    if len(found) != 1:
-        raise AppError(f"{target}: {len(found)} swell Apps have a function {function!r}"
-                       + ("" if found else "; an app must be a module attribute to run in processes"))
-    return found[0]
-
-
-def _worker_main(sock: socket.socket, target: str, function: str) -> None:
-    """An instance: load the function, say so, then run events one at a time until the channel closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runtime decides when its instances stop
-    channel = _Channel(sock)
-    try:
-        fn = find_function(target, function)
-    except Exception as exc:
-        with suppress(OSError):
-            channel.send(_LoadFailed(describe(exc)))
-        return
-    is_async = fn.handler.is_async
-    with suppress(OSError), asyncio.Runner() if is_async else nullcontext() as runner:
-        channel.send(_Ready(os.getpid(), is_async))
-        while isinstance(msg := channel.recv(), _Run):
-            channel.send(_invoke(fn, msg, channel, runner))
-
-
-def _invoke(fn: Function, run: _Run, channel: _Channel, runner: asyncio.Runner | None) -> _Done:
-    received = time.monotonic()
-    deadline = None if run.timeout_s is None else received + run.timeout_s
-    context = _SyncWorkerContext if runner is None else _WorkerContext
-    try:
-        event = Event.from_json(run.body)
-        ctx = context(event=event, attempt=run.attempt, deadline=deadline, function=fn.name,
-                      channel=channel)
-        kwargs = fn.handler.arguments(event, ctx)
-    except PayloadError as exc:
-        return _Done(Outcome("malformed", str(exc), service_s=time.monotonic() - received), 0.0)
-    except pydantic.ValidationError as exc:
-        return _Done(Outcome("invalid", describe_validation(exc),
-                             service_s=time.monotonic() - received), 0.0)
-    started = time.monotonic()
-    try:
-        if runner is None:
-            fn.handler.fn(**kwargs)
-        else:
-            runner.run(_call_async(fn.handler.fn(**kwargs), deadline))
-    except Exception as exc:
-        now = time.monotonic()
-        timed_out = isinstance(exc, TimeoutError) and deadline is not None and now >= deadline
-        outcome = outcome_of(exc, run.timeout_s, timed_out, now - received)
-    else:
-        outcome = Outcome("ok", service_s=time.monotonic() - received)
-    return _Done(outcome, started - received)
-
-
-async def _call_async(call: Awaitable[Any], deadline: float | None) -> None:
-    async with asyncio.timeout_at(deadline):
-        await call
 
 
 # -- the parent --------------------------------------------------------------------------------------
