@@ -19,7 +19,12 @@ Per repeat, interleaved (swell, raw, swell, raw, ...):
    harness's ``sys_raw_sqlite.py`` approach), the producer doing one autocommit INSERT per event.
 
 ``--broker`` defaults to a fresh SQLite file per phase in a temp dir; with a URL the queues are purged
-before each phase. The raw loops always use their own temp SQLite file.
+before each phase (the latency phase needs a broker another process can reach, so it is skipped on
+``memory://``). The raw loops always use their own temp SQLite file.
+
+The box is shared: before each phase the bench waits (up to 2 min) for the machine to be nearly idle,
+measures the CPU other processes took during the phase ("noise %"), and runs a phase again (up to
+twice) when that exceeds 10 % of the machine. Peer figures are quoted, not re-run.
 """
 
 from __future__ import annotations
@@ -484,13 +489,15 @@ def each(runs: list[dict[str, Any]], key: str, nd: int = 0) -> str:
 
 def drain_table(runs: Runs) -> Table:
     t = Table(title="Backlog drain (events/s, median of runs)", title_justify="left")
-    for col in ("system", "drain/s", "each run", "enqueue/s", "peer-style drain/s", "noise % (each)"):
+    for col in ("system", "drain/s", "each run", "enqueue/s", "peer-style drain/s", "left after stop",
+                "noise % (each)"):
         t.add_column(col, justify="left" if col == "system" else "right")
     t.add_row("swell (embedded SQLite)", num(med(runs.swell_drain, "rate")),
               each(runs.swell_drain, "rate"), num(med(runs.swell_drain, "enqueue_rate")),
-              num(med(runs.swell_drain, "peer_rate")), each(runs.swell_drain, "noise_pct", 1))
+              num(med(runs.swell_drain, "peer_rate")), each(runs.swell_drain, "left"),
+              each(runs.swell_drain, "noise_pct", 1))
     t.add_row("raw sqlite3 loop (floor)", num(med(runs.raw_drain, "rate")), each(runs.raw_drain, "rate"),
-              num(med(runs.raw_drain, "enqueue_rate")), "", each(runs.raw_drain, "noise_pct", 1))
+              num(med(runs.raw_drain, "enqueue_rate")), "", "", each(runs.raw_drain, "noise_pct", 1))
     return t
 
 
@@ -560,6 +567,20 @@ def machine() -> str:
             f"SQLite {sqlite3.sqlite_version}")
 
 
+def source_state() -> str:
+    """The commit measured, and whether src/ had uncommitted changes (the tree is shared)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = [line for line in dirty if line.strip()]
+    return f"{head}" + (f" + {len(changed)} uncommitted change(s) in src/" if changed else " (clean src/)")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_produce":
         produce_main(sys.argv[2:])
@@ -575,7 +596,8 @@ def main() -> None:
     args = ap.parse_args()
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     load0 = os.getloadavg()
-    console.print(f"[bold]swell throughput bench[/] {started} | {machine()} | "
+    source = source_state()
+    console.print(f"[bold]swell throughput bench[/] {started} | {machine()} | swell at {source} | "
                   f"broker: {args.broker or 'fresh temp SQLite file per phase'} | "
                   f"load avg at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", highlight=False)
     runs = run(args)
@@ -589,7 +611,8 @@ def main() -> None:
                   highlight=False)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"date": started, "machine": machine(), "args": vars(args), "load_start": load0,
+            json.dump({"date": started, "machine": machine(), "source": source, "args": vars(args),
+                       "load_start": load0,
                        "load_end": load1, "runs": vars(runs)}, f, indent=1)
 
 
