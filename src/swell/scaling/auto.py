@@ -99,7 +99,10 @@ class Auto:
             self._learn(s, last, dt, service)
         quiet = (s.depth == 0 and s.delayed == 0 and s.in_flight == 0
                  and (last is None or s.attempts == last.attempts))
-        st.quiet_since = (st.quiet_since if st.quiet_since is not None else s.t) if quiet else None
+        if not quiet:
+            st.quiet_since = None
+        elif st.quiet_since is None:  # quiet since the last tick that saw work
+            st.quiet_since = last.t if last is not None else s.t
         st.decision = self._clamp(s, self._recommend(s, service))
         return st.decision
 
@@ -180,7 +183,8 @@ class Auto:
         current = st.decision.desired
         # the way to zero: only after a full idle period
         if want == 0:
-            st.idle_since = s.t if st.idle_since is None else st.idle_since
+            if st.idle_since is None:  # idle since the work stopped, not since we noticed
+                st.idle_since = st.quiet_since if st.quiet_since is not None else s.t
             if s.t - st.idle_since >= self.idle_s or current == 0:
                 st.recent.clear()
                 return Decision(self.min_units, f"idle {s.t - st.idle_since:.0f}s: scale to "
