@@ -251,7 +251,7 @@ def sim(shapes: tuple[str, ...], controllers: str, seeds: int, quota: str, burst
             console.print(rich_table(shape, rows, floors[shape]))
         paths = write_report(comparison, Path(out_dir), params, floors, plots=not no_plot)
     except SwellError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     took = time.perf_counter() - started
     console.print(f"{len(resolved) * len(specs) * seeds} runs in {took:.1f} s; wrote "
