@@ -1,7 +1,11 @@
 """The queue conformance suite: every test runs against every backend in ``conftest.BACKENDS``.
 
-Time is a ``ManualClock`` shared by the test and the broker: expiry is driven by ``advance``,
-never by sleeping. Only the wake-up tests wait for real, briefly and with a bound.
+Durations are written in test time units (``timing.s(10)``) and time moves with
+``await timing.advance(units)``: on the embedded backends that moves a ``ManualClock`` shared by the
+test and the broker (a unit is a second and nothing sleeps); on a server backend whose timers run
+on the server's clock it sleeps for real (a unit is a fraction of a second). Where a server makes
+something due on its own clock, a receive that expects it waits up to ``timing.grace_s`` (zero on a
+manual clock). Only the wake-up tests wait for real otherwise, briefly and with a bound.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -28,13 +32,13 @@ from swell.brokers.base import (
     QueueSpec,
     QueueStats,
 )
-from swell.core.clock import ManualClock
 from swell.core.errors import MessageTooLarge, UnknownQueue
+
+if TYPE_CHECKING:
+    from conftest import Timing  # the fixture's type; pytest imports conftest itself
 
 Declare = Callable[..., Awaitable[QueueSpec]]
 T = TypeVar("T")
-
-EPS = 1e-3  # timestamps are compared to the manual clock's exact values
 
 
 def msgs(*bodies: bytes) -> list[Message]:
@@ -46,6 +50,7 @@ def bodies(deliveries: list[Delivery]) -> list[bytes]:
 
 
 async def receive_one(broker: Broker, queue: str = "jobs", **kwargs: Any) -> Delivery:
+    """Exactly one message. Pass ``wait_s=timing.grace_s`` where it became due as time passed."""
     got = await broker.receive(queue, 10, **kwargs)
     assert len(got) == 1, got
     return got[0]
@@ -79,20 +84,20 @@ async def background(coro: Coroutine[Any, Any, T]) -> AsyncIterator[asyncio.Task
 
 
 async def test_send_receive_round_trip(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
     await declare()
-    sent_at = clock.time()
+    sent_at = timing.now()
     assert await broker.send("jobs", [Message(body=b"hello", headers={"k": "v"})]) == [True]
-    clock.advance(3)
+    await timing.advance(3)
 
     d = await receive_one(broker)
 
     assert d.body == b"hello"
     assert d.headers == {"k": "v"}
     assert d.receive_count == 1
-    assert d.enqueued_at == pytest.approx(sent_at, abs=EPS)
-    assert d.first_received_at == pytest.approx(sent_at + 3, abs=EPS)
+    assert d.enqueued_at == pytest.approx(sent_at, abs=timing.eps_s)
+    assert d.first_received_at == pytest.approx(sent_at + timing.s(3), abs=timing.eps_s)
     assert d.receipt.queue == "jobs"
 
 
@@ -138,64 +143,64 @@ async def test_lease_hides_message_from_other_receivers(
 
 
 async def test_visibility_expiry_redelivers_with_new_receipt(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
-    await declare(visibility_timeout_s=10)
+    await declare(visibility_timeout_s=timing.s(10))
     await broker.send("jobs", msgs(b"x"))
     first = await receive_one(broker)
-    received_at = clock.time()
+    received_at = timing.now()
 
-    clock.advance(9)
+    await timing.advance(9)
     assert await broker.receive("jobs", 10) == []
-    clock.advance(2)
-    again = await receive_one(broker)
+    await timing.advance(2)
+    again = await receive_one(broker, wait_s=timing.grace_s)
 
     assert again.body == b"x"
     assert again.receive_count == 2
     assert again.receipt != first.receipt
-    assert again.first_received_at == pytest.approx(received_at, abs=EPS)
+    assert again.first_received_at == pytest.approx(received_at, abs=timing.eps_s)
 
 
 async def test_receive_timeout_shorter_than_queue_default(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
-    await declare(visibility_timeout_s=30)
+    await declare(visibility_timeout_s=timing.s(30))
     await broker.send("jobs", msgs(b"x"))
-    await receive_one(broker, visibility_timeout_s=5)
+    await receive_one(broker, visibility_timeout_s=timing.s(5))
 
-    clock.advance(6)
+    await timing.advance(6)
 
-    assert (await receive_one(broker)).receive_count == 2
+    assert (await receive_one(broker, wait_s=timing.grace_s)).receive_count == 2
 
 
 async def test_receive_timeout_longer_than_queue_default(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
-    await declare(visibility_timeout_s=30)
+    await declare(visibility_timeout_s=timing.s(30))
     await broker.send("jobs", msgs(b"x"))
-    await receive_one(broker, visibility_timeout_s=100)
+    await receive_one(broker, visibility_timeout_s=timing.s(100))
 
-    clock.advance(31)
+    await timing.advance(31)
     assert await broker.receive("jobs", 10) == []
-    clock.advance(70)
-    assert (await receive_one(broker)).receive_count == 2
+    await timing.advance(70)
+    assert (await receive_one(broker, wait_s=timing.grace_s)).receive_count == 2
 
 
 async def test_delayed_send_is_invisible_until_due(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
     await declare()
-    sent_at = clock.time()
-    await broker.send("jobs", [Message(body=b"later", delay_s=10)])
+    sent_at = timing.now()
+    await broker.send("jobs", [Message(body=b"later", delay_s=timing.s(10))])
 
     assert await broker.receive("jobs", 10) == []
     assert (await broker.stats("jobs")).delayed == 1
-    clock.advance(9)
+    await timing.advance(9)
     assert await broker.receive("jobs", 10) == []
-    clock.advance(2)
-    d = await receive_one(broker)
+    await timing.advance(2)
+    d = await receive_one(broker, wait_s=timing.grace_s)
     assert d.body == b"later"
-    assert d.enqueued_at == pytest.approx(sent_at, abs=EPS)
+    assert d.enqueued_at == pytest.approx(sent_at, abs=timing.eps_s)
 
 
 async def test_receive_wait_zero_on_empty_queue_returns_at_once(
@@ -224,26 +229,26 @@ async def test_send_wakes_a_waiting_receive(broker: Broker, declare: Declare) ->
 # -- ack, release, extend -----------------------------------------------------------------------
 
 
-async def test_ack_deletes(broker: Broker, declare: Declare, clock: ManualClock) -> None:
-    await declare(visibility_timeout_s=10)
+async def test_ack_deletes(broker: Broker, declare: Declare, timing: Timing) -> None:
+    await declare(visibility_timeout_s=timing.s(10))
     await broker.send("jobs", msgs(b"x"))
     d = await receive_one(broker)
 
     assert await broker.ack([d.receipt]) == []
 
     assert (await broker.stats("jobs")).total == 0
-    clock.advance(11)
+    await timing.advance(11)
     assert await broker.receive("jobs", 10) == []
 
 
 async def test_ack_with_stale_receipt_is_refused(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
-    await declare(visibility_timeout_s=10)
+    await declare(visibility_timeout_s=timing.s(10))
     await broker.send("jobs", msgs(b"x"))
     old = await receive_one(broker)
-    clock.advance(11)
-    new = await receive_one(broker)
+    await timing.advance(11)
+    new = await receive_one(broker, wait_s=timing.grace_s)
 
     assert await broker.ack([old.receipt]) == [old.receipt]
 
@@ -275,22 +280,22 @@ async def test_release_makes_message_visible_now(broker: Broker, declare: Declar
     assert (await receive_one(broker)).receive_count == 2
 
 
-async def test_release_with_delay(broker: Broker, declare: Declare, clock: ManualClock) -> None:
+async def test_release_with_delay(broker: Broker, declare: Declare, timing: Timing) -> None:
     await declare()
     await broker.send("jobs", msgs(b"x"))
     d = await receive_one(broker)
 
-    assert await broker.release([d.receipt], delay_s=10) == []
+    assert await broker.release([d.receipt], delay_s=timing.s(10)) == []
 
     stats = await broker.stats("jobs")
     assert (stats.depth, stats.in_flight, stats.delayed) == (0, 0, 1)
     assert await broker.receive("jobs", 10) == []
-    clock.advance(11)
-    assert (await receive_one(broker)).receive_count == 2
+    await timing.advance(11)
+    assert (await receive_one(broker, wait_s=timing.grace_s)).receive_count == 2
 
 
 async def test_release_without_counting_the_receive(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
     # A throttled attempt is not a failed one: it must not bring the message closer to its DLQ.
     await declare(max_receives=1)
@@ -304,63 +309,63 @@ async def test_release_without_counting_the_receive(
 
 
 async def test_release_and_extend_with_stale_receipt_are_refused(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
-    await declare(visibility_timeout_s=10)
+    await declare(visibility_timeout_s=timing.s(10))
     await broker.send("jobs", msgs(b"x"))
     old = await receive_one(broker)
-    clock.advance(11)
-    new = await receive_one(broker)
+    await timing.advance(11)
+    new = await receive_one(broker, wait_s=timing.grace_s)
 
     assert await broker.release([old.receipt]) == [old.receipt]
-    assert await broker.extend([old.receipt], 60) == [old.receipt]
+    assert await broker.extend([old.receipt], timing.s(60)) == [old.receipt]
 
     assert await broker.receive("jobs", 10) == []  # still leased by ``new``
-    clock.advance(11)  # the refused extend did not lengthen ``new``'s lease
-    assert (await receive_one(broker)).receive_count == 3
+    await timing.advance(11)  # the refused extend did not lengthen ``new``'s lease
+    assert (await receive_one(broker, wait_s=timing.grace_s)).receive_count == 3
     assert await broker.ack([new.receipt]) == [new.receipt]
 
 
 async def test_extend_keeps_the_lease(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
-    await declare(visibility_timeout_s=10)
+    await declare(visibility_timeout_s=timing.s(10))
     await broker.send("jobs", msgs(b"x"))
     d = await receive_one(broker)
-    clock.advance(8)
+    await timing.advance(8)
 
-    assert await broker.extend([d.receipt], 20) == []  # now held until t+28
+    assert await broker.extend([d.receipt], timing.s(20)) == []  # now held until t+28
 
-    clock.advance(8)
+    await timing.advance(8)
     assert await broker.receive("jobs", 10) == []
     assert await broker.ack([d.receipt]) == []
     assert (await broker.stats("jobs")).total == 0
 
 
-async def test_extend_runs_from_now(broker: Broker, declare: Declare, clock: ManualClock) -> None:
-    await declare(visibility_timeout_s=10)
+async def test_extend_runs_from_now(broker: Broker, declare: Declare, timing: Timing) -> None:
+    await declare(visibility_timeout_s=timing.s(10))
     await broker.send("jobs", msgs(b"x"))
     d = await receive_one(broker)
-    clock.advance(8)
-    await broker.extend([d.receipt], 20)
+    await timing.advance(8)
+    await broker.extend([d.receipt], timing.s(20))
 
-    clock.advance(19)
+    await timing.advance(19)
     assert await broker.receive("jobs", 10) == []
-    clock.advance(2)
-    assert (await receive_one(broker)).receive_count == 2
+    await timing.advance(2)
+    assert (await receive_one(broker, wait_s=timing.grace_s)).receive_count == 2
 
 
 # -- dead letters -------------------------------------------------------------------------------
 
 
 async def test_dead_letter_after_max_receives(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
-    await declare(visibility_timeout_s=10, max_receives=3)
+    await declare(visibility_timeout_s=timing.s(10), max_receives=3)
     await broker.send("jobs", [Message(body=b"poison", headers={"k": "v"})])
     for attempt in range(1, 4):
-        assert (await receive_one(broker)).receive_count == attempt
-        clock.advance(11)
+        assert (await receive_one(broker, wait_s=timing.grace_s)).receive_count == attempt
+        await timing.advance(11)
 
     assert await broker.receive("jobs", 10) == []
 
@@ -374,20 +379,20 @@ async def test_dead_letter_after_max_receives(
 
 
 async def test_dead_lettering_does_not_hide_ready_messages(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
     # The receive that moves a message to the DLQ still leases what is ready behind it.
-    await declare(visibility_timeout_s=10, max_receives=1)
+    await declare(visibility_timeout_s=timing.s(10), max_receives=1)
     await broker.send("jobs", msgs(b"poison"))
     await receive_one(broker)
-    clock.advance(11)
+    await timing.advance(11)
     await broker.send("jobs", msgs(b"good"))
 
     assert bodies(await broker.receive("jobs", 1)) == [b"good"]
     assert (await broker.stats("jobs.dlq")).depth == 1
 
 
-async def test_explicit_dead_letter(broker: Broker, declare: Declare, clock: ManualClock) -> None:
+async def test_explicit_dead_letter(broker: Broker, declare: Declare, timing: Timing) -> None:
     await declare()
     await broker.send("jobs", [Message(body=b"bad", headers={"k": "v"})])
     d = await receive_one(broker)
@@ -402,7 +407,7 @@ async def test_explicit_dead_letter(broker: Broker, declare: Declare, clock: Man
     assert dead.headers[H_ERROR] == "ValueError: boom"
     assert dead.headers[H_SOURCE] == "jobs"
     assert dead.headers[H_ATTEMPTS] == "1"
-    assert float(dead.headers[H_AT]) == pytest.approx(clock.time(), abs=EPS)
+    assert float(dead.headers[H_AT]) == pytest.approx(timing.now(), abs=timing.eps_s)
 
 
 async def test_custom_dead_letter_queue(broker: Broker, declare: Declare) -> None:
@@ -467,11 +472,11 @@ async def test_dedup_within_one_batch(broker: Broker, declare: Declare) -> None:
     assert bodies(await broker.receive("jobs", 10)) == [b"1", b"3"]
 
 
-async def test_dedup_window_expires(broker: Broker, declare: Declare, clock: ManualClock) -> None:
-    spec = await declare()
+async def test_dedup_window_expires(broker: Broker, declare: Declare, timing: Timing) -> None:
+    await declare(dedup_window_s=timing.s(30))
     assert await broker.send("jobs", [Message(body=b"1", dedup_id="x")]) == [True]
 
-    clock.advance(spec.dedup_window_s + 1)
+    await timing.advance(31)
 
     assert await broker.send("jobs", [Message(body=b"2", dedup_id="x")]) == [True]
     assert bodies(await broker.receive("jobs", 10)) == [b"1", b"2"]
@@ -556,29 +561,30 @@ async def test_stats_of_empty_queue(broker: Broker, declare: Declare) -> None:
     )
 
 
-async def test_stats_counts_and_age(broker: Broker, declare: Declare, clock: ManualClock) -> None:
-    await declare(visibility_timeout_s=30)
+async def test_stats_counts_and_age(broker: Broker, declare: Declare, timing: Timing) -> None:
+    await declare(visibility_timeout_s=timing.s(30))
     await broker.send("jobs", msgs(b"a", b"b", b"c"))
-    await broker.send("jobs", [Message(body=b"d", delay_s=100)])
-    clock.advance(5)
+    await broker.send("jobs", [Message(body=b"d", delay_s=timing.s(100))])
+    await timing.advance(5)
     assert len(await broker.receive("jobs", 1)) == 1
 
     stats = await broker.stats("jobs")
     assert (stats.queue, stats.depth, stats.in_flight, stats.delayed) == ("jobs", 2, 1, 1)
-    assert stats.oldest_age_s == pytest.approx(5, abs=EPS)
+    assert stats.oldest_age_s == pytest.approx(timing.s(5), abs=timing.eps_s)
 
-    clock.advance(10)
-    assert (await broker.stats("jobs")).oldest_age_s == pytest.approx(15, abs=EPS)
+    await timing.advance(10)
+    assert (await broker.stats("jobs")).oldest_age_s == pytest.approx(timing.s(15),
+                                                                      abs=timing.eps_s)
 
 
-async def test_stats_follow_the_clock(broker: Broker, declare: Declare, clock: ManualClock) -> None:
+async def test_stats_follow_the_clock(broker: Broker, declare: Declare, timing: Timing) -> None:
     # An expired lease is ready again, and a due delayed message is ready.
-    await declare(visibility_timeout_s=10)
+    await declare(visibility_timeout_s=timing.s(10))
     await broker.send("jobs", msgs(b"a"))
-    await broker.send("jobs", [Message(body=b"b", delay_s=5)])
+    await broker.send("jobs", [Message(body=b"b", delay_s=timing.s(5))])
     await receive_one(broker)
 
-    clock.advance(11)
+    await timing.advance(11)
 
     stats = await broker.stats("jobs")
     assert (stats.depth, stats.in_flight, stats.delayed) == (2, 0, 0)
@@ -596,10 +602,10 @@ async def test_peek_does_not_lease(broker: Broker, declare: Declare) -> None:
     assert [d.receive_count for d in got] == [1, 1]
 
 
-async def test_purge_empties_the_queue(broker: Broker, declare: Declare) -> None:
+async def test_purge_empties_the_queue(broker: Broker, declare: Declare, timing: Timing) -> None:
     await declare()
     await broker.send("jobs", msgs(b"a", b"b"))
-    await broker.send("jobs", [Message(body=b"c", delay_s=60)])
+    await broker.send("jobs", [Message(body=b"c", delay_s=timing.s(60))])
     await broker.receive("jobs", 1)
 
     assert await broker.purge("jobs") == 3
@@ -638,14 +644,14 @@ async def test_declare_queue_twice_is_idempotent(broker: Broker, declare: Declar
 
 
 async def test_declare_queue_updates_settings(
-    broker: Broker, declare: Declare, clock: ManualClock
+    broker: Broker, declare: Declare, timing: Timing
 ) -> None:
-    await declare(visibility_timeout_s=10)
-    updated = await declare(visibility_timeout_s=60)
+    await declare(visibility_timeout_s=timing.s(10))
+    updated = await declare(visibility_timeout_s=timing.s(60))
     await broker.send("jobs", msgs(b"x"))
     await receive_one(broker)
 
-    clock.advance(11)
+    await timing.advance(11)
 
     assert await broker.queue_spec("jobs") == updated
     assert {s.name: s for s in await broker.queues()}["jobs"] == updated

@@ -1,9 +1,13 @@
-"""The kv part of the broker protocol, on every backend."""
+"""The kv part of the broker protocol, on every backend (time as in ``test_conformance``)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from swell.brokers.base import Broker
-from swell.core.clock import ManualClock
+
+if TYPE_CHECKING:
+    from conftest import Timing  # the fixture's type; pytest imports conftest itself
 
 
 async def test_put_get_and_revisions_grow(broker: Broker) -> None:
@@ -25,15 +29,15 @@ async def test_put_if_absent_creates_once(broker: Broker) -> None:
     assert e is not None and e.value == b"me"
 
 
-async def test_ttl_expires_and_frees_the_key(broker: Broker, clock: ManualClock) -> None:
+async def test_ttl_expires_and_frees_the_key(broker: Broker, timing: Timing) -> None:
     kv = broker.kv
-    assert await kv.put_if_absent("lease", b"a", ttl_s=10) is not None
-    clock.advance(9)
+    assert await kv.put_if_absent("lease", b"a", ttl_s=timing.s(10)) is not None
+    await timing.advance(9)
     assert await kv.get("lease") is not None
-    assert await kv.put_if_absent("lease", b"b", ttl_s=10) is None
-    clock.advance(2)
+    assert await kv.put_if_absent("lease", b"b", ttl_s=timing.s(10)) is None
+    await timing.advance(2)
     assert await kv.get("lease") is None
-    assert await kv.put_if_absent("lease", b"b", ttl_s=10) is not None
+    assert await kv.put_if_absent("lease", b"b", ttl_s=timing.s(10)) is not None
     e = await kv.get("lease")
     assert e is not None and e.value == b"b"
 
@@ -68,14 +72,14 @@ async def test_delete_with_revision(broker: Broker) -> None:
     assert not await kv.delete("d")
 
 
-async def test_scan_by_prefix_skips_expired(broker: Broker, clock: ManualClock) -> None:
+async def test_scan_by_prefix_skips_expired(broker: Broker, timing: Timing) -> None:
     kv = broker.kv
     await kv.put("nodes/b", b"2")
     await kv.put("nodes/a", b"1")
-    await kv.put("nodes/c", b"3", ttl_s=1)
+    await kv.put("nodes/c", b"3", ttl_s=timing.s(1))
     await kv.put("nodesX", b"no")
     await kv.put("other", b"no")
-    clock.advance(2)
+    await timing.advance(2)
     assert [e.key for e in await kv.scan("nodes/")] == ["nodes/a", "nodes/b"]
     await kv.put("50%_off", b"1")
     await kv.put("50xoff", b"1")
@@ -83,17 +87,18 @@ async def test_scan_by_prefix_skips_expired(broker: Broker, clock: ManualClock) 
 
 
 async def test_release_without_counting_keeps_the_message_from_its_dlq(
-        broker: Broker, clock: ManualClock) -> None:
+        broker: Broker, timing: Timing) -> None:
     # (queue semantics, here beside kv because it came with the same protocol change)
     from swell.brokers.base import Message, QueueSpec
 
-    await broker.declare_queue(QueueSpec(name="t", max_receives=2, visibility_timeout_s=5))
+    await broker.declare_queue(QueueSpec(name="t", max_receives=2,
+                                         visibility_timeout_s=timing.s(5)))
     await broker.send("t", [Message(body=b"x")])
     for _ in range(5):  # throttled five times: never dead-lettered, count stays at 1
-        (d,) = await broker.receive("t", 1)
+        (d,) = await broker.receive("t", 1, wait_s=timing.grace_s)
         assert d.receive_count == 1
-        assert await broker.release([d.receipt], 1.0, count=False) == []
-        clock.advance(1.5)
-    (d,) = await broker.receive("t", 1)
+        assert await broker.release([d.receipt], timing.s(1.0), count=False) == []
+        await timing.advance(1.5)
+    (d,) = await broker.receive("t", 1, wait_s=timing.grace_s)
     assert d.receive_count == 1
     assert (await broker.stats("t.dlq")).total == 0

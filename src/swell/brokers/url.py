@@ -10,7 +10,7 @@ from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import ConfigError
 
 DEFAULT_BROKER = "sqlite:///.swell/swell.db"
-SCHEMES = ("memory", "sqlite")
+SCHEMES = ("memory", "sqlite", "nats")
 
 
 def default_broker_url() -> str:
@@ -39,6 +39,10 @@ def open_broker(url: str | None = None, *, clock: Clock = SYSTEM_CLOCK) -> Broke
 
         options = dict(parse_qsl(urlsplit(url).query))
         return SqliteBroker(sqlite_path(url), clock=clock, **_sqlite_options(options))
+    if scheme == "nats":
+        from swell.brokers.nats import NatsBroker
+
+        return NatsBroker(url, clock=clock)
     raise ConfigError(f"unknown broker {url!r}: the schemes are {', '.join(s + '://' for s in SCHEMES)}")
 
 
