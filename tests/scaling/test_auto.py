@@ -144,3 +144,19 @@ def test_auto_in_the_simulator_keeps_throttles_low_and_serves_everything(shape: 
     assert r.metrics.served
     assert r.metrics.throttle_rate <= 0.01
     assert r.metrics.over_provisioning is not None and r.metrics.over_provisioning <= 1.5
+
+
+def test_a_pause_of_this_process_is_not_taken_for_a_sick_downstream() -> None:
+    auto = Auto(max=64)
+    t, attempts = 0.0, 0
+    for _ in range(20):  # calm: 10 units at 0.2 s
+        attempts += 25
+        auto.decide(sig(t, depth=500, in_flight=10, ready=10, busy=10, arrival_rate=50,
+                        service_time_s=0.2, attempts=attempts))
+        t += TICK
+    # the event loop stood still for 2 s: the next tick is late and its handler times stretched
+    t += 2.0
+    attempts += 25
+    auto.decide(sig(t, depth=900, in_flight=10, ready=10, busy=10, arrival_rate=50,
+                    service_time_s=2.2, attempts=attempts))
+    assert math.isinf(auto.limit)

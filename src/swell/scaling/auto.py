@@ -41,6 +41,7 @@ DOWN_BAND = 0.5         # nor does a fraction of a unit of slack give one back
 THROTTLE_WINDOW_S = 2.0  # the downstream's quota is measured over this long
 ERROR_LIMIT = 0.3       # more failed attempts than this fraction lowers the limit
 LATENCY_LIMIT = 2.5     # so does service time this many times its calm baseline
+PAUSE = 2.0             # a tick this many times the usual interval late: this process was paused
 
 
 @dataclass
@@ -57,6 +58,8 @@ class _State:
     window: deque[Signals] = field(default_factory=deque)
     arrivals: Ewma = field(default_factory=lambda: Ewma(ARRIVAL_HALF_LIFE_S))
     recent: deque[tuple[float, int]] = field(default_factory=deque)
+    tick_s: float = math.inf
+    paused_t: float = -math.inf
 
 
 class Auto:
@@ -93,9 +96,16 @@ class Auto:
             return Decision(st.decision.desired, f"hold at {st.decision.desired}: no signal")
         last, st.last = st.last, s
         dt = s.t - last.t if last is not None else 0.0
-        service = self._service(s, last, dt)
+        # a late tick means this process stood still: what was measured across the pause
+        # (handler times stretched by it, rates diluted by it) says nothing about the downstream
+        if dt > 0:
+            st.tick_s = min(st.tick_s, dt)
+        paused = dt > PAUSE * st.tick_s
+        if paused:
+            st.paused_t = s.t
+        service = self._service(s, last, dt, paused)
         st.arrivals.update(s.arrival_rate or 0.0, dt)
-        if last is not None and dt > 0:
+        if last is not None and dt > 0 and not paused:
             self._learn(s, last, dt, service)
         quiet = (s.depth == 0 and s.delayed == 0 and s.in_flight == 0
                  and (last is None or s.attempts == last.attempts))
@@ -107,12 +117,12 @@ class Auto:
         return st.decision
 
     # -- estimates -----------------------------------------------------------------------------
-    def _service(self, s: Signals, last: Signals | None, dt: float) -> float:
+    def _service(self, s: Signals, last: Signals | None, dt: float, paused: bool) -> float:
         st = self._st
         st.window.append(s)
         while st.window and st.window[0].t < s.t - THROTTLE_WINDOW_S:
             st.window.popleft()
-        if s.service_time_s is not None:
+        if s.service_time_s is not None and not paused:
             value = st.service.update(s.service_time_s, dt)
             if st.calm_service is None or value < st.calm_service:
                 st.calm_service = value
@@ -129,13 +139,14 @@ class Auto:
         if throttles > 0:
             # what got through over the window is the downstream's quota; at a healthy latency
             # that many calls need quota x calm service time units, and more only queue or fail
-            first = st.window[0]
+            first = next((w for w in st.window if w.t >= st.paused_t), s)
             span = s.t - first.t
-            passed = max(0, (s.attempts - first.attempts) - (s.throttles - first.throttles)
-                         - (s.errors - first.errors)) / span if span > 0 else 0.0
-            sustained = passed * (st.calm_service or service) * QUOTA_SAFETY
-            st.limit = max(1.0, min(sustained, float(max(s.busy, s.in_flight, 1))))
-            st.last_limit_t = s.t
+            if span > 0:  # (the window always holds the previous tick; this is a guard)
+                passed = max(0, (s.attempts - first.attempts) - (s.throttles - first.throttles)
+                             - (s.errors - first.errors)) / span
+                sustained = passed * (st.calm_service or service) * QUOTA_SAFETY
+                st.limit = max(1.0, min(sustained, float(max(s.busy, s.in_flight, 1))))
+                st.last_limit_t = s.t
         elif s.t - st.last_limit_t > 2.0 and (self._erring(attempts, errors) or self._slow(s)):
             st.limit = max(1.0, min(st.limit, s.in_flight * 0.9))
             st.last_limit_t = s.t
