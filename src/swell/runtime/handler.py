@@ -63,8 +63,9 @@ class Handler:
         return cls(fn, inspect.iscoroutinefunction(fn), payload, wants_event, wants_bytes, adapter,
                    context)
 
-    def arguments(self, event: Event[Any], ctx: Context) -> dict[str, Any]:
-        """Keyword arguments for one call; raises ``pydantic.ValidationError`` on a bad payload."""
+    def arguments(self, event: Event[Any], ctx: Context | None) -> dict[str, Any]:
+        """Keyword arguments for one call; raises ``pydantic.ValidationError`` on a bad payload.
+        ``ctx`` may be ``None`` when the handler takes no Context."""
         kwargs: dict[str, Any] = {}
         if self.payload is not None:
             data = event.data
