@@ -19,32 +19,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from swell.core.config import seconds
+from swell.core.config import per_second, seconds
 from swell.core.errors import ConfigError, MissingDependency, SwellError
 from swell.scaling.controllers import parse_controller
 from swell.scaling.sim import Floor, Shape, SimParams, SimResult, Summary, compare, fluid_floor, parse_shape
 
-__all__ = ["COLUMNS", "DEFAULT_CONTROLLERS", "markdown", "parse_rate", "plot_shape", "rich_table",
+__all__ = ["COLUMNS", "DEFAULT_CONTROLLERS", "markdown", "plot_shape", "rich_table",
            "run_with_progress", "sim", "write_report"]
 
 Comparison = dict[str, dict[str, Summary]]
 DEFAULT_CONTROLLERS = "auto,fixed:8,fixed:16,hpa,kpa,aimd,gradient2"
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h))?\s*$")
-_PER = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_rate(value: str | float, *, name: str = "rate") -> float:
-    """Requests/s from ``"100/s"``, ``"6000/min"``, ``"100"`` or a number."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        out = float(value)
-    else:
-        m = _RATE.match(str(value))
-        if m is None:
-            raise ConfigError(f"{name} {value!r} is not a rate (like '100/s', '6000/min')")
-        out = float(m.group(1)) / _PER[m.group(2)]
-    if not out > 0:
-        raise ConfigError(f"{name} must be positive, got {value!r}")
-    return out
 
 
 # -- numbers ----------------------------------------------------------------------------------
@@ -231,7 +215,7 @@ def sim(shapes: tuple[str, ...], controllers: str, seeds: int, quota: str, burst
     """Compare controllers on traffic shapes, on a virtual clock, before production does."""
     console = Console(width=max(140, shutil.get_terminal_size().columns))
     try:
-        params = SimParams(quota_rps=parse_rate(quota, name="--quota"), burst=burst,
+        params = SimParams(quota_rps=per_second(quota, name="--quota"), burst=burst,
                            cpu_s=seconds(cpu, name="--cpu"),
                            latency_base_s=seconds(latency, name="--latency"),
                            cold_start_median_s=seconds(cold_start, name="--cold-start"),

@@ -58,12 +58,6 @@ class Signals:
         """Work not yet started: waiting plus delayed (``None`` if unknown)."""
         return None if self.depth is None else self.depth + self.delayed
 
-    @property
-    def idle(self) -> bool:
-        """Nothing waiting, nothing running, nothing arriving (as far as is known)."""
-        return (self.depth == 0 and self.delayed == 0 and self.in_flight == 0
-                and not self.arrival_rate)
-
 
 class SignalHistory:
     """The last ``maxlen`` samples (at 0.5 s ticks, 1,200 are ten minutes), oldest first."""
