@@ -24,8 +24,7 @@ from swell.brokers.url import open_broker
 from swell.core.errors import BrokerUnavailable, ConfigError, MissingDependency
 
 if TYPE_CHECKING:
-    from conftest import NatsProcess
-
+    from servers import NatsProcess
     from swell.brokers.nats import NatsBroker
 
 if os.environ.get("CI", "").strip().lower() == "true":

@@ -1,0 +1,44 @@
+"""Fixtures shared by every test folder: servers the tests start themselves (see servers.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from servers import NatsProcess, missing_server, nats_server_binary
+
+
+def _nats_binary() -> str:
+    binary, why = nats_server_binary()
+    if binary is None:
+        missing_server("nats", why)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``nats-server -js`` on a free loopback port with a temporary store, for the session."""
+    server = NatsProcess(_nats_binary(), tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_servers(tmp_path: Path) -> Iterator[Callable[..., NatsProcess]]:
+    """``start(jetstream=True)`` starts a server of the test's own; all are stopped after it."""
+    started: list[NatsProcess] = []
+
+    def start(*, jetstream: bool = True) -> NatsProcess:
+        store = tmp_path / f"nats{len(started)}"
+        store.mkdir()
+        server = NatsProcess(_nats_binary(), store, jetstream=jetstream).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
