@@ -229,7 +229,8 @@ def _ms(x: float | None) -> str:
 @command
 async def status(broker_url: str | None) -> None:
     """Per running function: its signals and its controller's decision, and why."""
-    from swell.runtime.runtime import STATUS_PREFIX, FunctionStatus
+    from swell.runtime.cluster import STATUS_PREFIX
+    from swell.runtime.runtime import FunctionStatus
 
     async def go(broker: Broker) -> list[FunctionStatus]:
         entries = await broker.kv.scan(STATUS_PREFIX)
@@ -239,25 +240,57 @@ async def status(broker_url: str | None) -> None:
     if not rows:
         console.print("no function is running on this broker (start one with: swell run APP)")
         return
+    by_fn: dict[tuple[str, str], list[FunctionStatus]] = {}
+    for r in rows:
+        by_fn.setdefault((r.app, r.function), []).append(r)
     table = Table(title="functions", title_justify="left", header_style="bold")
     for col in ("function", "ready", "in flight", "oldest", "in/s", "out/s", "p99", "errors",
-                "throttled", "units"):
+                "throttled", "units", "nodes"):
         table.add_column(col, justify="left" if col == "function" else "right")
-    for r in rows:
-        s = r.signals
+    for (app, fn), nodes in by_fn.items():
+        s = max(nodes, key=lambda r: r.at).signals  # every node holds the global signals
         ready = _f(s.get("depth"), "{:,}") + (f" +{s['delayed']:,}" if s.get("delayed") else "")
         units = f"{s.get('ready', 0)}" + (f"+{s['starting']}" if s.get("starting") else "")
         table.add_row(
-            f"{r.app}.{r.function}" + (f"\n[dim]{r.node}[/]" if len(rows) > 1 else ""), ready,
-            f"{s.get('in_flight', 0):,}", _age(s.get("oldest_age_s") or 0.0),
+            f"{app}.{fn}", ready, f"{s.get('in_flight', 0):,}", _age(s.get("oldest_age_s") or 0.0),
             _f(s.get("arrival_rate")), _f(s.get("completion_rate")), _ms(s.get("service_p99_s")),
-            f"{s.get('error_rate', 0.0):.1%}", f"{s.get('throttle_rate', 0.0):.1%}", units)
+            f"{s.get('error_rate', 0.0):.1%}", f"{s.get('throttle_rate', 0.0):.1%}", units,
+            f"{len(nodes)}")
     console.print(table)
-    for r in rows:
+    for (app, fn), nodes in by_fn.items():
+        r = max(nodes, key=lambda r: r.at)
         cold = r.signals.get("cold_starts", 0)
-        console.print(f"[bold]{r.app}.{r.function}[/] on {r.node} ({r.mode}, {r.controller}"
-                      f"{f', {cold} cold starts' if cold else ''}): {r.desired} unit(s) — {r.reason}",
-                      highlight=False)
+        split = ", ".join(f"{n.node} {n.share}" + (" (leads)" if n.node == n.leader else "")
+                          for n in nodes)
+        console.print(f"[bold]{app}.{fn}[/] ({r.mode}, {r.controller}"
+                      f"{f', {cold} cold starts' if cold else ''}): {r.desired} unit(s) — "
+                      f"{r.reason}\n  [dim]on {len(nodes)} node(s): {split}[/]", highlight=False)
+
+
+@main.command()
+@broker_option
+@command
+async def nodes(broker_url: str | None) -> None:
+    """The live runtime nodes on this broker: their heartbeats and their share of each function."""
+    from swell.runtime.cluster import NODES_PREFIX, NodeInfo
+
+    async def go(broker: Broker) -> list[NodeInfo]:
+        entries = await broker.kv.scan(NODES_PREFIX)
+        return [msgspec.json.decode(e.value, type=NodeInfo) for e in entries]
+
+    rows = await _with_broker(broker_url, go)
+    if not rows:
+        console.print("no node is running on this broker (start one with: swell run APP)")
+        return
+    now = datetime.now(UTC).timestamp()
+    table = Table(title=f"nodes: {len(rows)}", title_justify="left", header_style="bold")
+    for col in ("node", "app", "host", "pid", "up", "last beat", "in flight", "units"):
+        table.add_column(col, justify="left" if col in ("node", "app", "host", "units") else "right")
+    for n in rows:
+        units = ", ".join(f"{fn} {k}" for fn, k in n.functions.items())
+        table.add_row(n.node, n.app, n.host, str(n.pid), _age(now - n.started),
+                      f"{max(0.0, now - n.seen):.1f}s ago", f"{n.in_flight:,}", units)
+    console.print(table)
 
 
 # -- dlq --------------------------------------------------------------------------------------

@@ -55,6 +55,9 @@ class Dispatcher:
         executor.on_change = self.poke  # a unit became ready (or went): look again
         self.metrics = FunctionMetrics()
         self.limit = 0
+        self.activator = True
+        """At a limit of zero, whether to wait for an event and activate: yes while the function
+        is at zero on every node; no on a node whose share is zero while others work."""
         self._attempts = fn.retry.allowed(spec.max_receives)
         self._lease_s = spec.visibility_timeout_s
         self._queue = spec.name
@@ -159,7 +162,7 @@ class Dispatcher:
         while not self._stopping:
             busy = bool(self._workers or self._buffer)
             if self.limit == 0:
-                n = 0 if busy else 1  # the activator's probe
+                n = 0 if busy or not self.activator else 1  # the activator's probe
             else:
                 n = self._batch()
                 if n < max(1, self.limit // 4, self._refill) and busy:

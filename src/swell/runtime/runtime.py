@@ -1,5 +1,8 @@
 """The Runtime: declares an app's queues on a broker, runs a Dispatcher per function, and every
-tick turns each function's signals into its concurrency through its controller."""
+tick turns each function's signals into its concurrency through its controller.
+
+A runtime is one node: with several on one broker, each decides from the function's global
+readings and takes its share of the decision (see ``cluster``)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -20,18 +24,27 @@ from swell.brokers.url import open_broker
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import SwellError
 from swell.runtime.app import App, Function
+from swell.runtime.cluster import (
+    NODES_PREFIX,
+    STATUS_PREFIX,
+    ClusterView,
+    NodeInfo,
+    for_publishing,
+    leader,
+    node_id,
+    share,
+)
 from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import Executor, InlineExecutor
 from swell.runtime.producer import Producer
 from swell.scaling.base import Controller, Decision
 from swell.scaling.limiters import SharedLimiter, TokenBucket
-from swell.scaling.signals import Sampler, SignalHistory, Signals
+from swell.scaling.signals import Observation, Sampler, SignalHistory, Signals
 
 log = logging.getLogger("swell.runtime")
 
 DEFAULT_GRACE_S = 30.0
 TICK_S = 0.5
-STATUS_PREFIX = "swell/status/"
 
 
 @dataclass
@@ -43,7 +56,15 @@ class FunctionState:
     controller: Controller
     sampler: Sampler = field(default_factory=Sampler)
     history: SignalHistory = field(default_factory=SignalHistory)
+    view: ClusterView = field(default_factory=ClusterView)
     decision: Decision = field(default_factory=lambda: Decision(0, "start"))
+    """The controller's decision for the function as a whole."""
+    share: int = 0
+    """This node's part of it."""
+    nodes: int = 1
+    leader: str = ""
+    decided_at: float = 0.0
+    applied: int = -1
 
     @property
     def signals(self) -> Signals | None:
@@ -51,7 +72,8 @@ class FunctionState:
 
 
 class FunctionStatus(msgspec.Struct, kw_only=True):
-    """What ``swell status`` shows of a function on one node (kept in the kv store)."""
+    """A function on one node, kept in the kv store: what ``swell status`` shows, and what the
+    other nodes merge into their global readings (``obs``, this node's own)."""
 
     app: str
     function: str
@@ -60,8 +82,18 @@ class FunctionStatus(msgspec.Struct, kw_only=True):
     mode: str
     controller: str
     desired: int
+    """The decision for the function on all nodes together (the leader's)."""
+    share: int
+    """This node's part of ``desired``."""
+    nodes: int
+    leader: str
+    decided_at: float
+    """When the leader made the decision (its wall clock): nodes that show the same have applied
+    the same decision."""
     reason: str
     signals: dict[str, Any]
+    """The global signals the decision was made on."""
+    obs: Observation
     succeeded: int
     dead_lettered: int
     at: float
@@ -83,8 +115,10 @@ class Runtime:
                                                                                    clock=clock)
         self.producer = Producer(self.broker, source=f"/swell/{app.name}", clock=clock)
         self.functions: dict[str, FunctionState] = {}
-        self.node = f"{socket.gethostname()}-{os.getpid()}"
+        self.node = node_id()
+        self.started = time.time()
         self._shared: dict[str, SharedLimiter] = {}
+        self._last_peers: dict[str, dict[str, FunctionStatus]] = {}
         self._stop = asyncio.Event()
         self._scaler: asyncio.Task[None] | None = None
 
@@ -113,17 +147,22 @@ class Runtime:
 
     async def start(self) -> None:
         await self.declare()
+        peers = await self._peers()
         for fn in self.app.functions.values():
             controller = fn.controller()
             st = FunctionState(fn, self._dispatcher(fn, controller), controller)
             self.functions[fn.name] = st
             # a first decision on no data: a fixed pool starts full, Auto starts cold
-            st.decision = controller.decide(Signals(t=self.clock.monotonic(), depth=None,
-                                                    in_flight=0))
-            await st.dispatcher.set_limit(max(st.decision.desired, fn.min_instances))
+            first = Signals(t=self.clock.monotonic(), depth=None, in_flight=0)
+            st.decision = controller.decide(first)
+            await self._apply(st, peers.get(fn.name, {}))
             st.dispatcher.start()
+            # announced at once, so a node starting next counts this one from its start
+            await self._publish_status(st, first, st.dispatcher.observe(first.t, None, 0, None))
+        await self._heartbeat()
         self._scaler = asyncio.create_task(self._scale_loop(), name="swell:scaler")
-        log.info("running %d function(s) of %r", len(self.functions), self.app.name)
+        log.info("running %d function(s) of %r as node %s", len(self.functions), self.app.name,
+                 self.node)
 
     async def _scale_loop(self) -> None:
         while True:
@@ -134,29 +173,91 @@ class Runtime:
                 log.warning("scaling tick failed: %s", exc)
 
     async def tick(self) -> None:
-        """Sample every function, ask its controller, apply the decision, publish the status."""
+        """Sample every function (with its peers' readings), ask its controller, take this node's
+        share of the leader's decision, publish the status and the heartbeat."""
+        peers = await self._peers()
         for st in self.functions.values():
             try:
                 stats = await self.broker.stats(st.fn.queue.name)
                 depth, delayed, age = stats.depth, stats.delayed, stats.oldest_age_s
             except SwellError:
                 depth, delayed, age = None, 0, None  # no data: controllers hold
-            obs = st.dispatcher.observe(self.clock.monotonic(), depth, delayed, age)
-            s = st.sampler.observe(obs)
+            own = st.dispatcher.observe(self.clock.monotonic(), depth, delayed, age)
+            fn_peers = peers.get(st.fn.name, {})
+            s = st.sampler.observe(st.view.merge(own, {n: p.obs for n, p in fn_peers.items()}))
             st.history.append(s)
             st.decision = st.controller.decide(s)
-            await st.dispatcher.set_limit(max(st.decision.desired, st.fn.min_instances))
-            await self._publish_status(st, s)
+            await self._apply(st, fn_peers)
+            await self._publish_status(st, s, own)
+        await self._heartbeat()
 
-    async def _publish_status(self, st: FunctionState, s: Signals) -> None:
+    async def _apply(self, st: FunctionState, peers: dict[str, FunctionStatus]) -> None:
+        """Take this node's share of the function's decision (and of its warm floor): its own
+        controller's if it leads the function, else the leader's latest."""
+        nodes = sorted({self.node, *peers})
+        rank, st.nodes = nodes.index(self.node), len(nodes)
+        st.leader = leader(nodes, st.fn.name)
+        led = peers.get(st.leader)
+        if led is not None:
+            st.decision = Decision(led.desired, led.reason)
+            st.decided_at = led.decided_at
+        elif st.decision.desired != st.applied:
+            st.decided_at = self.clock.time()  # this node leads, and its decision is a new one
+        st.applied = st.decision.desired
+        st.share = share(st.decision.desired, rank, st.nodes, st.fn.name)
+        floor = share(st.fn.min_instances, rank, st.nodes, st.fn.name)
+        # from zero, every node waits for the first event; above zero, only the shares work
+        st.dispatcher.activator = st.decision.desired == 0
+        await st.dispatcher.set_limit(max(st.share, floor))
+
+    async def _peers(self) -> dict[str, dict[str, FunctionStatus]]:
+        """The other live nodes' latest status per function: ``{function: {node: status}}``. If
+        the kv store does not answer, the last known peers (never "alone", which would let this
+        node take every share)."""
+        try:
+            entries = await self.broker.kv.scan(f"{STATUS_PREFIX}{self.app.name}/")
+        except SwellError as exc:
+            log.warning("could not read the other nodes' status: %s", exc)
+            return self._last_peers
+        peers: dict[str, dict[str, FunctionStatus]] = {}
+        for e in entries:
+            try:
+                status = msgspec.json.decode(e.value, type=FunctionStatus)
+            except msgspec.ValidationError:
+                continue  # a record of another swell version
+            if status.node != self.node:
+                peers.setdefault(status.function, {})[status.node] = status
+        self._last_peers = peers
+        return peers
+
+    def _key(self, prefix: str, *parts: str) -> str:
+        return "/".join((f"{prefix}{self.app.name}", *parts, self.node))
+
+    async def _publish_status(self, st: FunctionState, s: Signals, own: Observation) -> None:
         m = st.dispatcher.metrics
         status = FunctionStatus(
             app=self.app.name, function=st.fn.name, node=self.node, queue=st.fn.queue.name,
             mode=st.fn.mode, controller=repr(st.controller), desired=st.decision.desired,
+            share=st.share, nodes=st.nodes, leader=st.leader, decided_at=st.decided_at,
             reason=st.decision.reason, signals=_asdict(s),
-            succeeded=m.succeeded, dead_lettered=m.dead_lettered, at=self.clock.time())
-        key = f"{STATUS_PREFIX}{self.app.name}/{st.fn.name}/{self.node}"
-        await self.broker.kv.put(key, msgspec.json.encode(status), ttl_s=max(5.0, 4 * self.tick_s))
+            obs=for_publishing(own), succeeded=m.succeeded, dead_lettered=m.dead_lettered,
+            at=self.clock.time())
+        await self.broker.kv.put(self._key(STATUS_PREFIX, st.fn.name), msgspec.json.encode(status),
+                                 ttl_s=self._ttl_s)
+
+    async def _heartbeat(self) -> None:
+        info = NodeInfo(
+            app=self.app.name, node=self.node, host=socket.gethostname(), pid=os.getpid(),
+            started=self.started, seen=self.clock.time(),
+            functions={name: st.share for name, st in self.functions.items()},
+            in_flight=sum(st.dispatcher.in_flight for st in self.functions.values()))
+        await self.broker.kv.put(self._key(NODES_PREFIX), msgspec.json.encode(info),
+                                 ttl_s=self._ttl_s)
+
+    @property
+    def _ttl_s(self) -> float:
+        """How long a node's entries outlive its last tick: a node silent for this long is gone."""
+        return max(5.0, 4 * self.tick_s)
 
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         """Graceful stop: no new leases, in-flight work finishes within ``grace_s``, the rest is
@@ -165,8 +266,9 @@ class Runtime:
             self._scaler.cancel()
             await asyncio.gather(self._scaler, return_exceptions=True)
         await asyncio.gather(*(st.dispatcher.stop(grace_s) for st in self.functions.values()))
-        for st in self.functions.values():
-            await _forget(self.broker, f"{STATUS_PREFIX}{self.app.name}/{st.fn.name}/{self.node}")
+        for key in [self._key(STATUS_PREFIX, name) for name in self.functions]:
+            await _forget(self.broker, key)
+        await _forget(self.broker, self._key(NODES_PREFIX))
         self.functions.clear()
         if self._owns_broker:
             await self.broker.close()

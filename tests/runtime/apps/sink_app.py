@@ -1,9 +1,10 @@
-"""The app that ``tests/runtime/test_processes.py`` runs with ``swell run``, configured by environment.
+"""The app that the tests of ``swell run`` processes run, configured by environment.
 
-Its one function sleeps, then appends one JSON line per event to the sink file: the event's id, the
-pid that handled it, and when the handler started and ended. Each line is one ``write(2)`` on an
-``O_APPEND`` file, so once the handler returns the line is the kernel's: a SIGKILL loses none, and
-two processes appending at once never tear each other's lines.
+Its one function (a fixed pool, or Auto; optionally behind a named limiter) sleeps, then appends one
+JSON line per event to the sink file: the event's id, the pid that handled it, and when the handler
+started and ended. Each line is one ``write(2)`` on an ``O_APPEND`` file, so once the handler
+returns the line is the kernel's: a SIGKILL loses none, and two processes appending at once never
+tear each other's lines.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ jobs = app.queue("jobs", visibility_timeout=float(os.environ["SWELL_TEST_VISIBIL
                  max_receives=int(os.environ["SWELL_TEST_MAX_RECEIVES"]))
 
 
-@app.function(jobs, concurrency=int(os.environ["SWELL_TEST_CONCURRENCY"]))
+CONCURRENCY = os.environ["SWELL_TEST_CONCURRENCY"]
+LIMIT = os.environ.get("SWELL_TEST_LIMIT")  # a rate for a named limiter, "100/s"
+if LIMIT:
+    app.limiter("api", rate=LIMIT)
+
+
+@app.function(jobs, concurrency=None if CONCURRENCY == "auto" else int(CONCURRENCY),
+              limiters=["api"] if LIMIT else ())
 async def record(data: dict[str, int]) -> None:
     started = time.time()
     await asyncio.sleep(SLEEP_S)

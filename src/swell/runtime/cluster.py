@@ -1,0 +1,115 @@
+"""Several nodes on one broker: heartbeats, a function's global readings, and its split.
+
+Any number of ``swell run`` processes may serve one app on one broker; each is a *node* and runs
+every function of the app. Every tick a node publishes, per function, its own raw readings (an
+``Observation``) in the broker's kv store, reads its peers' and merges them with its own into one
+global ``Observation``, so that its controller decides for the function as a whole. The global
+decision is then split across the live nodes by rank (node ids in order), so the shares sum to it
+and two nodes never each scale to the full target. A node that stops publishing (it died) drops out
+when its entries expire, and the others' shares grow to cover it; the queue's leases bring its
+unfinished events back.
+
+One node per function, its *leader* (picked by ``leader`` from the sorted live nodes), decides for
+all: the others apply its latest published decision, so once every node has seen it (within a
+tick) the shares sum to it exactly. Every node keeps its own controller fed with the global readings, so
+the next leader is warm when the leader dies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import uuid
+import zlib
+
+import msgspec
+
+from swell.scaling.signals import Observation
+
+NODES_PREFIX = "swell/nodes/"
+STATUS_PREFIX = "swell/status/"
+#: service times a node publishes per tick (a sample is enough for percentiles)
+MAX_PUBLISHED_TIMES = 64
+
+_COUNTERS = ("finished", "attempts", "errors", "throttles", "cold_starts")
+_GAUGES = ("in_flight", "starting", "ready", "busy", "current")
+
+
+def node_id() -> str:
+    """``host-pid-xxxx``: unique even for two runtimes in one process."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    """A node's heartbeat, kept in the kv store under ``swell/nodes/<app>/<node>`` with a TTL."""
+
+    app: str
+    node: str
+    host: str
+    pid: int
+    started: float
+    seen: float
+    functions: dict[str, int]
+    """This node's share (units) of each function."""
+    in_flight: int
+
+
+def _offset(nodes: int, salt: str) -> int:
+    return zlib.crc32(salt.encode()) % nodes
+
+
+def share(total: int, rank: int, nodes: int, salt: str = "") -> int:
+    """Node ``rank``'s part of ``total`` units split over ``nodes`` nodes: equal parts, and one
+    more for as many nodes as the remainder, starting at an offset taken from ``salt`` (the
+    function's name) so that several small functions do not all land on the first node."""
+    if nodes <= 1:
+        return total
+    base, extra = divmod(total, nodes)
+    return base + (1 if (rank - _offset(nodes, salt)) % nodes < extra else 0)
+
+
+def leader(nodes: list[str], salt: str = "") -> str:
+    """The node (of ``nodes``, in order) whose decision the others follow: the first to get an
+    extra unit from ``share``."""
+    return nodes[_offset(len(nodes), salt)]
+
+
+def for_publishing(o: Observation) -> Observation:
+    """``o`` with its service times cut to a sample, small enough to publish every tick."""
+    if len(o.service_times_s) <= MAX_PUBLISHED_TIMES:
+        return o
+    step = len(o.service_times_s) / MAX_PUBLISHED_TIMES
+    times = tuple(o.service_times_s[int(i * step)] for i in range(MAX_PUBLISHED_TIMES))
+    return dataclasses.replace(o, service_times_s=times)
+
+
+class ClusterView:
+    """One function's global readings: this node's own plus its live peers'.
+
+    Counters (finished, attempts, ...) must stay monotonic for the ``Sampler``'s rates while peers
+    come and go, so a peer's counters are counted from the first time it is seen (its baseline),
+    and a peer that leaves keeps what it added. Gauges (in flight, units) are summed as they are.
+    A peer's service times count once, when its reading is new.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Observation] = {}
+        self._added = dict.fromkeys(_COUNTERS, 0)
+
+    def merge(self, own: Observation, peers: dict[str, Observation]) -> Observation:
+        if not peers and not self._seen:
+            return own  # alone, as most runs are
+        times = list(own.service_times_s)
+        for node, o in peers.items():
+            prev = self._seen.get(node)
+            if prev is None or prev.t == o.t:
+                continue  # a new peer's baseline, or the same reading as last tick
+            for c in _COUNTERS:
+                self._added[c] += max(0, getattr(o, c) - getattr(prev, c))
+            times.extend(o.service_times_s)
+        self._seen = dict(peers)
+        totals: dict[str, int] = {c: getattr(own, c) + self._added[c] for c in _COUNTERS}
+        for g in _GAUGES:
+            totals[g] = getattr(own, g) + sum(getattr(o, g) for o in peers.values())
+        return dataclasses.replace(own, service_times_s=tuple(times), **totals)

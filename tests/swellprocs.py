@@ -1,0 +1,175 @@
+"""``swell run`` as real processes for tests: start, kill, stop them; send to their queue and read
+its stats; read the sink their app (``runtime/apps/sink_app.py``) writes. Any broker URL works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from swell import Broker, Producer, QueueStats, open_broker
+from swell.runtime.cluster import STATUS_PREFIX
+from swell.runtime.runtime import FunctionStatus
+
+T = TypeVar("T")
+
+APP_FILE = Path(__file__).parent / "runtime" / "apps" / "sink_app.py"
+QUEUE = "jobs"
+DLQ = "jobs.dlq"
+STEP_S = 0.05
+READY_S = 20.0   # a cold interpreter importing pydantic and rich on a busy CI box
+EXIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """How ``sink_app.py`` is set up for one test."""
+
+    visibility_s: float
+    max_receives: int
+    sleep_s: float
+    concurrency: int | str  # a fixed pool, or "auto"
+    limit: str | None = None  # the rate of a named limiter the function is behind
+
+    def env(self, sink: Path) -> dict[str, str]:
+        return {"SWELL_TEST_SINK": str(sink), "SWELL_TEST_VISIBILITY_S": str(self.visibility_s),
+                "SWELL_TEST_MAX_RECEIVES": str(self.max_receives),
+                "SWELL_TEST_SLEEP_S": str(self.sleep_s),
+                "SWELL_TEST_CONCURRENCY": str(self.concurrency),
+                "SWELL_TEST_LIMIT": self.limit or ""}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One line of the sink: an event handled to the end."""
+
+    id: int
+    pid: int
+    start: float
+    end: float
+
+
+def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """Poll ``check`` every 50 ms until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {got!r})")
+        time.sleep(STEP_S)
+
+
+class Swell:
+    """``swell run`` processes on one broker, the sink they write, and the test's own broker.
+
+    The broker (a SQLite file unless ``url`` is given) is the test's view of the queue (send,
+    stats, kv); it runs on a private event loop so the polling loops stay plain synchronous code.
+    """
+
+    def __init__(self, tmp_path: Path, url: str | None = None) -> None:
+        self.dir = tmp_path
+        self.sink = tmp_path / "sink.jsonl"
+        # by default a SQLite file, by an absolute path: sqlite:////tmp/...
+        self.url = url or f"sqlite:///{tmp_path / 'swell.db'}"
+        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self._runner = asyncio.Runner()
+        self._broker: Broker | None = None
+
+    # -- processes -------------------------------------------------------------------------------
+    def start(self, config: AppConfig, *, grace: str = "30s") -> subprocess.Popen[bytes]:
+        log = self.dir / f"swell-{len(self.procs)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "swell", "run", str(APP_FILE), "--broker", self.url,
+                 "--grace", grace],
+                cwd=self.dir, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **config.env(self.sink)})
+        self.procs.append((proc, log))
+        return proc
+
+    def log(self, proc: subprocess.Popen[bytes]) -> str:
+        path = next(log for p, log in self.procs if p is proc)
+        return path.read_text(errors="replace")
+
+    def wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        """Until the runtime has declared the queue and started its function."""
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"swell run exited early ({proc.returncode}):\n{self.log(proc)}")
+            return "running 1 function(s)" in self.log(proc)
+
+        wait_for(ready, READY_S, f"pid {proc.pid} to start")
+
+    def terminate(self, proc: subprocess.Popen[bytes]) -> int:
+        """SIGTERM, and the exit code within a few seconds."""
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(EXIT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"pid {proc.pid} still running {EXIT_S:g} s after SIGTERM") from None
+
+    def cleanup(self) -> None:
+        """Kill what is still running; show every log (pytest prints it if the test failed)."""
+        for proc, log in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            print(f"----- {log.name}: pid {proc.pid}, exit {proc.returncode} -----")
+            print(log.read_text(errors="replace"))
+        if self._broker is not None:
+            self._runner.run(self._broker.close())
+        self._runner.close()
+
+    # -- the queue, seen from the test -------------------------------------------------------------
+    def _run(self, use: Callable[[Broker], Coroutine[Any, Any, T]]) -> T:
+        if self._broker is None:
+            self._broker = open_broker(self.url)
+        return self._runner.run(use(self._broker))
+
+    def send(self, n: int) -> None:
+        """Events with data ``{"id": 0}`` .. ``{"id": n - 1}``, in one batch."""
+        async def go(broker: Broker) -> None:
+            producer = Producer(broker, source="/tests/processes")
+            await producer.send_events(QUEUE, [producer.event(QUEUE, {"id": i}) for i in range(n)])
+
+        self._run(go)
+
+    def stats(self, queue: str = QUEUE) -> QueueStats:
+        return self._run(lambda broker: broker.stats(queue))
+
+    def statuses(self) -> list[FunctionStatus]:
+        """What every live node last published of its function (``swell status``'s data)."""
+        async def go(broker: Broker) -> list[FunctionStatus]:
+            return [msgspec.json.decode(e.value, type=FunctionStatus)
+                    for e in await broker.kv.scan(STATUS_PREFIX)]
+
+        return self._run(go)
+
+    # -- the sink ----------------------------------------------------------------------------------
+    def records(self) -> list[Record]:
+        if not self.sink.exists():
+            return []
+        return [Record(**json.loads(line)) for line in self.sink.read_text().splitlines()]
+
+    def done_ids(self) -> set[int]:
+        return {r.id for r in self.records()}
+
+
+def tally(records: list[Record], n: int) -> tuple[set[int], int]:
+    """The ids of ``0..n-1`` never handled, and how many handlings were repeats."""
+    counts = Counter(r.id for r in records)
+    assert set(counts) <= set(range(n)), "the sink holds ids that were never sent"
+    return set(range(n)) - set(counts), sum(c - 1 for c in counts.values())
