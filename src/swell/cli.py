@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
@@ -96,9 +95,12 @@ async def run(app_path: str, broker_url: str | None, grace: str, log_level: str,
         from swell.observe.prometheus import serve_metrics
 
         serve_metrics(runtime, *metrics)
-    err_console.print(f"swell: running [bold]{app.name}[/] ({len(app.functions)} function(s)) "
-                      f"on {url} (pid {os.getpid()})", highlight=False)
-    await runtime.serve(grace_s)
+
+    def started() -> None:
+        err_console.print(f"swell: running [bold]{app.name}[/] ({len(app.functions)} function(s)) "
+                          f"on {url} as node {runtime.node}", highlight=False)
+
+    await runtime.serve(grace_s, on_started=started)
 
 
 def _host_port(value: str) -> tuple[str, int] | None:

@@ -15,6 +15,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from servers import free_port
 from swell import App, Event, QueueStats, Runtime
 from swell.brokers.sqlite import SqliteBroker
 
@@ -357,3 +358,37 @@ def test_demo_drains_its_burst(swell: Swell) -> None:
     assert stats["demo.orders"].total == 0
     assert stats["demo.orders.dlq"].total > 0  # the demo's bad payloads
 
+
+
+# -- run on NATS: bad configuration ----------------------------------------------------------------
+def test_run_on_an_unreachable_nats_server_is_a_clear_error(swell: Swell) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+
+    line = assert_one_line_error(swell("run", "app.py", "--broker", url, "--metrics", "off"))
+    assert "cannot reach NATS" in line and url in line
+
+
+def test_run_on_a_stream_with_other_settings_is_a_clear_error(swell: Swell, nats_server: str) -> None:
+    from swell.brokers.base import QueueSpec
+    from swell.brokers.nats import NatsBroker
+
+    url = f"{nats_server}?namespace=cli{time.time_ns()}"
+
+    async def made_elsewhere() -> None:  # the same queue, kept in memory rather than in files
+        broker = NatsBroker(f"{url}&storage=memory")
+        try:
+            await broker.declare_queue(QueueSpec(name="orders", max_receives=3))
+        finally:
+            await broker.close()
+
+    asyncio.run(made_elsewhere())
+    line = assert_one_line_error(swell("run", "app.py", "--broker", url, "--metrics", "off"))
+    assert "exists with other settings" in line and "storage is 'memory'" in line
+
+
+def test_run_with_a_queue_name_nats_cannot_take_is_a_clear_error(swell: Swell, nats_server: str) -> None:
+    (swell.cwd / "dots.py").write_text(APP.replace('"orders"', '"orders..eu"'))
+    url = f"{nats_server}?namespace=cli{time.time_ns()}"
+
+    line = assert_one_line_error(swell("run", "dots.py", "--broker", url, "--metrics", "off"))
+    assert "'orders..eu' is not valid on NATS" in line

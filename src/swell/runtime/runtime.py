@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -280,9 +281,10 @@ class Runtime:
         for st in self.functions.values():
             st.dispatcher.hurry()
 
-    async def serve(self, grace_s: float = DEFAULT_GRACE_S) -> None:
+    async def serve(self, grace_s: float = DEFAULT_GRACE_S, *,
+                    on_started: Callable[[], None] | None = None) -> None:
         """Run until SIGINT or SIGTERM (or ``request_stop``), then stop gracefully; a second
-        signal cuts the grace period short."""
+        signal cuts the grace period short. ``on_started`` is called once the app runs."""
         loop = asyncio.get_running_loop()
         hurry = asyncio.Event()
 
@@ -293,6 +295,8 @@ class Runtime:
             loop.add_signal_handler(sig, on_signal)
         try:
             await self.start()
+            if on_started is not None:
+                on_started()
             await self._stop.wait()
             log.info("stopping: letting in-flight work finish (grace %gs)", grace_s)
             stopper = asyncio.create_task(self.stop(grace_s))
