@@ -3,7 +3,16 @@
 Everything public is here; submodules are implementation.
 """
 
-from swell.brokers.base import Broker, Delivery, Message, QueueSpec, QueueStats, Receipt
+from swell.brokers.base import (
+    Broker,
+    Delivery,
+    Message,
+    QueueSpec,
+    QueueStats,
+    Receipt,
+    SubscriptionSpec,
+    TopicSpec,
+)
 from swell.brokers.url import open_broker
 from swell.core.clock import Clock, ManualClock, RealClock
 from swell.core.errors import (
@@ -18,9 +27,11 @@ from swell.core.errors import (
     SwellError,
     Throttled,
     UnknownQueue,
+    UnknownTopic,
 )
 from swell.core.event import Event
-from swell.runtime.app import App, Function, Queue
+from swell.core.patterns import Pattern, PatternError, SubjectPattern
+from swell.runtime.app import App, Function, Queue, Subscription, Topic
 from swell.runtime.context import Context
 from swell.runtime.producer import Producer
 from swell.runtime.retry import Retry
@@ -52,6 +63,8 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "MissingDependency",
+    "Pattern",
+    "PatternError",
     "PayloadError",
     "Producer",
     "Queue",
@@ -64,8 +77,14 @@ __all__ = [
     "Runtime",
     "Signals",
     "StaleReceipt",
+    "SubjectPattern",
+    "Subscription",
+    "SubscriptionSpec",
     "SwellError",
     "Throttled",
+    "Topic",
+    "TopicSpec",
     "UnknownQueue",
+    "UnknownTopic",
     "open_broker",
 ]

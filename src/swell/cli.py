@@ -15,7 +15,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from swell.brokers.base import H_ATTEMPTS, H_ERROR, H_REASON, Broker, QueueStats
+from swell.brokers.base import H_ATTEMPTS, H_ERROR, H_REASON, Broker, QueueStats, TopicInfo
 from swell.brokers.url import default_broker_url, open_broker
 from swell.core.codec import decode_json
 from swell.core.config import seconds
@@ -138,47 +138,64 @@ def _read_payloads(data: str) -> list[Any]:
         raise PayloadError(f"{exc}; nothing was sent") from exc
 
 
+def _attributes(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    out = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq:
+            raise ConfigError(f"--attr {pair!r}: use NAME=VALUE")
+        out[name] = value
+    return out or None
+
+
 @main.command()
-@click.argument("queue")
+@click.argument("target", metavar="QUEUE|TOPIC")
 @click.argument("data")
 @click.option("--key", help="Ordering/partition key of the event.")
 @click.option("--id", "event_id", help="Event id; a second send of the same id is a duplicate.")
 @click.option("--delay", default="0", help="Deliver after this long (e.g. 30s, 5m).")
 @click.option("--type", "event_type", help="CloudEvents type (default swell.QUEUE).")
-@click.option("--subject", help="CloudEvents subject.")
-@click.option("--app", "app_path", metavar="APP", help="Declare APP's queues first.")
+@click.option("--subject", help="CloudEvents subject: a topic's routing key (orders.eu.created).")
+@click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE",
+              help="An extension attribute, for topic filters (repeatable).")
+@click.option("--app", "app_path", metavar="APP", help="Declare APP's queues and topics first.")
 @broker_option
 @command
-async def send(queue: str, data: str, key: str | None, event_id: str | None, delay: str,
-               event_type: str | None, subject: str | None, app_path: str | None,
-               broker_url: str | None) -> None:
-    """Send DATA to QUEUE: JSON, @file, or - for JSON lines on stdin."""
+async def send(target: str, data: str, key: str | None, event_id: str | None, delay: str,
+               event_type: str | None, subject: str | None, attrs: tuple[str, ...],
+               app_path: str | None, broker_url: str | None) -> None:
+    """Send DATA to QUEUE, or publish it to TOPIC: JSON, @file, or - for JSON lines on stdin."""
     delay_s = seconds(delay, name="--delay")
     payloads = _read_payloads(data)
     if event_id is not None and len(payloads) > 1:
         raise ConfigError("--id names one event; with several lines on stdin leave it out")
+    attributes = _attributes(attrs)
 
-    async def go(broker: Broker) -> list[bool]:
+    async def go(broker: Broker) -> tuple[list[bool], bool]:
         if app_path:
-            from swell.runtime.runtime import Runtime
-            await Runtime(load_app(app_path), broker).declare()
-        await broker.queue_spec(queue)
+            from swell.runtime.app import declare
+            await declare(load_app(app_path), broker)
         producer = Producer(broker, source="/swell/cli")
-        events = [producer.event(queue, p, key=key, id=event_id, type=event_type, subject=subject)
-                  for p in payloads]
+        is_topic = await producer.is_topic(target)
+        if not is_topic:
+            await broker.queue_spec(target)
+        events = [producer.event(target, p, key=key, id=event_id, type=event_type, subject=subject,
+                                 attributes=attributes) for p in payloads]
+        put = producer.publish_events if is_topic else producer.send_events
         stored: list[bool] = []
         for i in range(0, len(events), 500):
-            stored += await producer.send_events(queue, events[i:i + 500], delay_s=delay_s,
-                                                 dedup=event_id is not None)
-        return stored
+            stored += await put(target, events[i:i + 500], delay_s=delay_s, dedup=event_id is not None)
+        return stored, is_topic
 
     try:
-        stored = await _with_broker(broker_url, go)
+        stored, is_topic = await _with_broker(broker_url, go)
     except UnknownQueue as exc:
-        raise SwellError(f"{exc}; or run the app once, or pass --app APP") from None
+        raise SwellError(f"{exc}; no topic has that name either; run the app once, or pass "
+                         "--app APP") from None
     n = sum(stored)
     dup = len(stored) - n
-    msg = f"sent {n} event(s) to {queue}" + (f" ({dup} duplicate(s) ignored)" if dup else "")
+    msg = (f"{'published' if is_topic else 'sent'} {n} event(s) to {target}"
+           + (f" ({dup} duplicate(s) ignored)" if dup else ""))
     err_console.print(msg, highlight=False)
 
 
@@ -215,6 +232,40 @@ async def queues(broker_url: str | None) -> None:
         console.print("no queues yet: run an app (swell run APP) or the demo (swell demo)")
         return
     console.print(stats_table(rows))
+
+
+@main.command()
+@broker_option
+@command
+async def topics(broker_url: str | None) -> None:
+    """Topics, their subscriptions with subject and filter, depth, matched and filtered out."""
+    async def go(broker: Broker) -> list[tuple[TopicInfo, list[QueueStats]]]:
+        return [(t, [await broker.stats(s.spec.queue.name) for s in t.subscriptions])
+                for t in await broker.topics()]
+
+    rows = await _with_broker(broker_url, go)
+    if not rows:
+        console.print("no topics yet: declare one with app.topic(NAME) and run the app")
+        return
+    table = Table(title="topics", title_justify="left", header_style="bold")
+    for col in ("topic", "sent", "subscription", "subject", "ready", "in flight", "matched",
+                "filtered"):
+        table.add_column(col, justify="left" if col in ("topic", "subscription", "subject")
+                         else "right")
+    filters = []
+    for t, stats in rows:
+        if not t.subscriptions:
+            table.add_row(t.spec.name, f"{t.published:,}", "[dim](none)[/]", "", "", "", "", "")
+        for i, (sub, st) in enumerate(zip(t.subscriptions, stats, strict=True)):
+            first = i == 0
+            table.add_row(t.spec.name if first else "", f"{t.published:,}" if first else "",
+                          sub.spec.name, sub.spec.subject or "[dim]all[/]", f"{st.depth:,}",
+                          f"{st.in_flight:,}", f"{sub.matched:,}", f"{sub.filtered:,}")
+            if sub.spec.filter:
+                filters.append(f"[bold]{t.spec.name}.{sub.spec.name}[/] filter: {sub.spec.filter}")
+    console.print(table)
+    for line in filters:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 # -- status -----------------------------------------------------------------------------------

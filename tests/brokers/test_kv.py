@@ -84,6 +84,14 @@ async def test_scan_by_prefix_skips_expired(broker: Broker, timing: Timing) -> N
     await kv.put("50%_off", b"1")
     await kv.put("50xoff", b"1")
     assert [e.key for e in await kv.scan("50%_")] == ["50%_off"]
+    # prefixes that end inside a segment, and keys with empty segments
+    await kv.put("a//b/", b"1")
+    await kv.put("a/", b"1")
+    await kv.put("a", b"1")
+    await kv.put("ab/c", b"1")
+    assert [e.key for e in await kv.scan("a/")] == ["a/", "a//b/"]
+    assert [e.key for e in await kv.scan("a")] == ["a", "a/", "a//b/", "ab/c"]
+    assert [e.key for e in await kv.scan("nodes/a")] == ["nodes/a"]
 
 
 async def test_release_without_counting_keeps_the_message_from_its_dlq(

@@ -392,3 +392,58 @@ def test_run_with_a_queue_name_nats_cannot_take_is_a_clear_error(swell: Swell, n
 
     line = assert_one_line_error(swell("run", "dots.py", "--broker", url, "--metrics", "off"))
     assert "'orders..eu' is not valid on NATS" in line
+
+
+# -- topics ----------------------------------------------------------------------------------------
+TOPIC_APP = '''
+from swell import App
+
+app = App("cli")
+orders = app.topic("orders")
+billing = orders.subscribe("billing", subject="orders.*.created",
+                           filter={"data": {"amount": [{"numeric": [">", 0]}]}})
+audit = orders.subscribe("audit", filter={"region": ["eu"]})
+
+
+@app.function(billing)
+async def bill(data: dict) -> None:
+    pass
+'''
+
+
+def test_send_publishes_to_a_topic_and_topics_shows_the_counts(swell: Swell) -> None:
+    (swell.cwd / "topics.py").write_text(TOPIC_APP)
+    first = swell("send", "orders", '{"amount": 5}', "--subject", "orders.eu.created",
+                  "--attr", "region=eu", "--app", "topics.py")
+    assert first.returncode == 0, first.stderr
+    assert "published 1 event(s) to orders" in first.stderr
+    swell("send", "orders", '{"amount": 0}', "--subject", "orders.us.created", "--attr", "region=us")
+    swell("send", "orders", '{"amount": 9}', "--subject", "orders.us.paid")
+
+    stats = swell.stats()
+    assert (stats["orders.billing"].depth, stats["orders.audit"].depth) == (1, 1)
+    out = swell("topics", columns=200).stdout
+    cells = {row[3]: row[5:9] for row in ([c.strip() for c in line.split("│")]
+                                            for line in out.splitlines() if "│" in line)}
+    # ready, in flight, matched, filtered out: billing took the eu order, its filter kept out
+    # the zero one, and the paid one's routing key did not match (not counted)
+    assert cells["billing"] == ["1", "0", "1", "1"], out
+    assert cells["audit"] == ["1", "0", "1", "2"], out
+    assert "orders.billing filter:" in out and '"numeric":[">",0]' in out
+
+
+def test_a_bad_routing_key_or_attribute_is_one_clear_error(swell: Swell) -> None:
+    (swell.cwd / "topics.py").write_text(TOPIC_APP)
+    line = assert_one_line_error(swell("send", "orders", "{}", "--subject", "orders eu",
+                                       "--app", "topics.py"))
+    assert "whitespace" in line
+    line = assert_one_line_error(swell("send", "orders", "{}", "--attr", "Region=eu"))
+    assert "'Region'" in line
+    assert swell.stored() == 0
+
+
+def test_run_an_app_with_an_invalid_filter_is_a_clear_error(swell: Swell) -> None:
+    (swell.cwd / "bad.py").write_text(TOPIC_APP.replace('[">", 0]', '[">", "zero"]'))
+
+    line = assert_one_line_error(swell("run", "bad.py", "--metrics", "off"))
+    assert "PatternError" in line and "data.amount" in line

@@ -56,12 +56,52 @@ class QueueSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
-    """A message to send: its body, headers, optional dedup id and delay."""
+    """A message to send: its body, headers, optional dedup id and delay; ``subject`` is its
+    routing key when it is published to a topic."""
 
     body: bytes
     headers: dict[str, str] | None = None
     dedup_id: str | None = None
     delay_s: float = 0.0
+    subject: str | None = None
+
+
+class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A topic's settings. A topic stores nothing of its own on SQLite and in memory (a publish
+    goes straight into the subscriptions' queues); on NATS it is a stream that keeps what was
+    published for ``retention_s``, from which the subscriptions' queues are fed."""
+
+    name: str
+    retention_s: float = 86400.0
+    max_message_bytes: int = 256 * KiB
+    dedup_window_s: float = 300.0
+
+
+class SubscriptionSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A subscription to a topic: the events whose routing key matches ``subject`` (a pattern
+    with ``*`` and ``>``; ``None``: every event) and whose content matches ``filter`` (an event
+    pattern's canonical JSON; ``None``: no filter) go into the subscription's own ``queue``."""
+
+    topic: str
+    name: str
+    queue: QueueSpec
+    subject: str | None = None
+    filter: str | None = None
+
+
+class SubscriptionStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What a subscription let through (``matched``) and what its filter kept out (``filtered``;
+    events whose routing key did not match are not counted)."""
+
+    spec: SubscriptionSpec
+    matched: int
+    filtered: int
+
+
+class TopicInfo(msgspec.Struct, frozen=True, kw_only=True):
+    spec: TopicSpec
+    published: int
+    subscriptions: list[SubscriptionStats]
 
 
 class Receipt(msgspec.Struct, frozen=True):
@@ -181,6 +221,23 @@ class Broker(Protocol):
 
     async def purge(self, queue: str) -> int:
         """Delete every message of ``queue``; returns how many."""
+
+    async def declare_topic(self, spec: TopicSpec) -> None:
+        """Create the topic or update its settings."""
+
+    async def subscribe(self, spec: SubscriptionSpec) -> None:
+        """Create the subscription and its queue, or update them; it receives what is published
+        from now on, never what was published before. ``UnknownTopic`` if the topic is not
+        declared; a ``PatternError`` for an invalid subject pattern or filter."""
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> list[bool]:
+        """Deliver each message to every subscription it matches, or to none (all of a batch,
+        or nothing of it). Per message, ``False`` if it was a duplicate within the dedup window.
+        Raises ``UnknownTopic``, ``MessageTooLarge``, and ``PayloadError`` for a routing key
+        that is not dot-separated tokens."""
+
+    async def topics(self) -> list[TopicInfo]:
+        """Every topic, its subscriptions and their counts."""
 
     @property
     def kv(self) -> KV:

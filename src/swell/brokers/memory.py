@@ -16,13 +16,18 @@ from swell.brokers.base import (
     QueueSpec,
     QueueStats,
     Receipt,
+    SubscriptionSpec,
+    SubscriptionStats,
+    TopicInfo,
+    TopicSpec,
     check_sizes,
     dead_letter_headers,
     redrive_headers,
 )
+from swell.brokers.topics import Router, check_publish, route
 from swell.brokers.waiting import Waker
 from swell.core.clock import SYSTEM_CLOCK, Clock
-from swell.core.errors import UnknownQueue
+from swell.core.errors import UnknownQueue, UnknownTopic
 
 
 @dataclass(slots=True)
@@ -47,12 +52,28 @@ class _Queue:
     dedup: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Subscription:
+    router: Router
+    matched: int = 0
+    filtered: int = 0
+
+
+@dataclass(slots=True)
+class _Topic:
+    spec: TopicSpec
+    subscriptions: dict[str, _Subscription] = field(default_factory=dict)
+    dedup: dict[str, float] = field(default_factory=dict)
+    published: int = 0
+
+
 class MemoryBroker:
     """Queues held in process memory, with the same semantics as every other backend."""
 
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self._queues: dict[str, _Queue] = {}
+        self._topics: dict[str, _Topic] = {}
         self._ids = itertools.count(1)
         self._waker = Waker(clock)
         self._kv = MemoryKV(clock)
@@ -254,6 +275,64 @@ class MemoryBroker:
         q.records.clear()
         q.heap.clear()
         return n
+
+    # -- topics ------------------------------------------------------------------------------
+    def _topic(self, name: str) -> _Topic:
+        try:
+            return self._topics[name]
+        except KeyError:
+            raise UnknownTopic(name) from None
+
+    async def declare_topic(self, spec: TopicSpec) -> None:
+        t = self._topics.get(spec.name)
+        if t is None:
+            self._topics[spec.name] = _Topic(spec)
+        else:
+            t.spec = spec
+
+    async def subscribe(self, spec: SubscriptionSpec) -> None:
+        t = self._topic(spec.topic)
+        router = Router.of(spec)
+        await self.declare_queue(spec.queue)
+        sub = t.subscriptions.get(spec.name)
+        if sub is None:
+            t.subscriptions[spec.name] = _Subscription(router)
+        else:
+            sub.router = router
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> list[bool]:
+        t = self._topic(topic)
+        check_publish(t.spec, messages)
+        now = self.clock.time()
+        accepted, fresh = [], []
+        for m in messages:
+            is_new = m.dedup_id is None or t.dedup.get(m.dedup_id, -1.0) <= now
+            if m.dedup_id is not None and is_new:
+                t.dedup[m.dedup_id] = now + t.spec.dedup_window_s
+            accepted.append(is_new)
+            if is_new:
+                fresh.append(m)
+        routed = route([s.router for s in t.subscriptions.values()], fresh)
+        for r in routed:  # every queue's limits checked before anything is stored
+            check_sizes(self._q(r.router.spec.queue.name).spec, r.messages)
+        for r in routed:
+            q = self._q(r.router.spec.queue.name)
+            for m in r.messages:
+                self._put(q, m.body, m.headers, now, now + max(m.delay_s, 0.0))
+            sub = t.subscriptions[r.router.spec.name]
+            sub.matched += len(r.messages)
+            sub.filtered += r.filtered
+            if r.messages:
+                self._waker.notify(q.spec.name)
+        t.published += len(fresh)
+        if len(t.dedup) > 1024:
+            t.dedup = {k: at for k, at in t.dedup.items() if at > now}
+        return accepted
+
+    async def topics(self) -> list[TopicInfo]:
+        return [TopicInfo(spec=t.spec, published=t.published, subscriptions=[
+            SubscriptionStats(spec=s.router.spec, matched=s.matched, filtered=s.filtered)
+            for s in t.subscriptions.values()]) for t in self._topics.values()]
 
     async def close(self) -> None:
         self._waker.close()  # a receive still waiting returns what it has: nothing

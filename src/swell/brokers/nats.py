@@ -88,10 +88,14 @@ from swell.brokers.base import (
     QueueSpec,
     QueueStats,
     Receipt,
+    SubscriptionSpec,
+    TopicInfo,
+    TopicSpec,
     check_sizes,
     dead_letter_headers,
     redrive_headers,
 )
+from swell.brokers.topics import Router
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import (
     BrokerError,
@@ -104,6 +108,9 @@ from swell.core.errors import (
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+    from swell.brokers.nats_topics import NatsTopics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,6 +119,7 @@ MIN_SERVER = (2, 12)
 CONSUMER = "swell"
 REQUEST_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
+PING_INTERVAL_S = 10
 SPEC_REFRESH_S = 5.0
 LONG_POLL_S = 5.0
 PULL_BATCH = 256
@@ -131,15 +139,20 @@ H_BASE = "Swell-Receives"
 H_FIRST = "Swell-First-Received-At"
 H_EXPIRES = "Swell-Expires-At"
 SPEC_KEY = "swell.spec"
+SUBSCRIPTION_KEY = "swell.subscription"
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_]{1,64}")
 _QUEUE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-_KEY_SAFE = frozenset(string.ascii_letters + string.digits + "_-/")
+_KEY_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
 _SAFE_ID = re.compile(r"[!-~]{1,200}")
 
 ERR_STREAM_NOT_FOUND = 10059
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_WRONG_LAST_SEQUENCE = 10071
+#: refusals of a cluster between leaders or with a node catching up (incomplete results, JetStream
+#: temporarily unavailable, not the leader, stream or consumer offline): they pass, so they are
+#: ``BrokerUnavailable`` and the caller tries again
+ERR_PASSING = frozenset({10004, 10008, 10009, 10118, 10119})
 
 
 def _import_nats() -> None:
@@ -166,10 +179,16 @@ def _stream_part(queue: str) -> str:
 
 
 def _enc_key(key: str) -> str:
-    if not key:
+    """A kv key as subject tokens: one token per ``/``-separated segment (so a scan by prefix is a
+    subject filter), each segment's other characters escaped as ``=XX``; an empty segment is ``=``."""
+    return ".".join(_enc_segment(seg) for seg in key.split("/"))
+
+
+def _enc_segment(seg: str) -> str:
+    if not seg:
         return "="
     out: list[str] = []
-    for ch in key:
+    for ch in seg:
         if ch in _KEY_SAFE:
             out.append(ch)
         else:
@@ -177,7 +196,11 @@ def _enc_key(key: str) -> str:
     return "".join(out)
 
 
-def _dec_key(token: str) -> str:
+def _dec_key(subject: str) -> str:
+    return "/".join(_dec_segment(token) for token in subject.split("."))
+
+
+def _dec_segment(token: str) -> str:
     if token == "=":
         return ""
     raw, i = bytearray(), 0
@@ -189,6 +212,11 @@ def _dec_key(token: str) -> str:
             raw.extend(token[i].encode())
             i += 1
     return raw.decode()
+
+
+def _key_filter(prefix: str) -> str:
+    """The subject filter of the keys that may start with ``prefix``: its whole segments, then ``>``."""
+    return ".".join([*map(_enc_segment, prefix.split("/")[:-1]), ">"])
 
 
 def _msg_id(value: str) -> str:
@@ -241,6 +269,15 @@ class _ApiError(BrokerError):
                          f"(code {self.code}, err_code {self.err_code})")
 
 
+class _ApiUnavailable(_ApiError, BrokerUnavailable):
+    """A refusal that passes (``ERR_PASSING``): the cluster is electing a leader or catching up."""
+
+
+def _refusal(op: str, error: dict[str, Any]) -> _ApiError:
+    passing = int(error.get("err_code", 0)) in ERR_PASSING
+    return (_ApiUnavailable if passing else _ApiError)(op, error)
+
+
 # -- leases -----------------------------------------------------------------------------------
 
 
@@ -290,6 +327,37 @@ class _QueueInfo:
     delayed_prefix: str
     ack_wait_s: float
     loaded_at: float
+    subscription: SubscriptionSpec | None = None
+    """Set for a subscription's queue, whose consumer applies its content filter."""
+    router: Router | None = None
+
+
+class _PullInbox:
+    """The subscription a pull is answered on, and what reached it. Deliveries keep their stream
+    subject, so two pulls at once cannot share one; a pull that ended cleanly (its batch full, or
+    the server's end-of-pull status) leaves it quiet, and the next pull takes it over."""
+
+    __slots__ = ("clock", "ended", "got", "nc", "sub", "want")
+
+    def __init__(self, nc: Client, clock: Clock) -> None:
+        self.nc = nc
+        self.clock = clock
+        self.sub: Subscription | None = None
+        self.got: list[tuple[float, Msg]] = []  # (arrival time, message), statuses included
+        self.want = 0  # deliveries the current pull still waits for
+        self.ended: asyncio.Future[None] | None = None
+
+    async def deliver(self, msg: Msg) -> None:
+        self.got.append((self.clock.time(), msg))
+        status = _status(msg)
+        if status is None:
+            self.want -= 1
+            if self.want > 0:
+                return
+        elif status == "100":  # a heartbeat
+            return
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(None)
 
 
 # -- the broker -------------------------------------------------------------------------------
@@ -328,8 +396,10 @@ class NatsBroker:
         self._boxes: dict[str, asyncio.Queue[Msg]] = {}
         self._tokens = itertools.count(1)
         self._queues: dict[str, _QueueInfo] = {}
+        self._topics: NatsTopics | None = None
         self._leases: dict[tuple[str, int], _Lease] = {}
         self._firsts: dict[tuple[str, int], float] = {}
+        self._pull_inboxes: list[_PullInbox] = []  # quiet ones, for the next pull
         self._closing = asyncio.Event()
         self._closed = False
         self._kv = NatsKV(self)
@@ -368,7 +438,7 @@ class NatsBroker:
                 log.warning("NATS %s: %s", self.url, exc)
 
         async def on_disconnect() -> None:
-            if not self._closed:
+            if connected and not self._closed:  # a failed first connect is one error, below
                 log.warning("NATS %s: disconnected; reconnecting (a lease whose ack wait is not "
                             "confirmed in time turns stale)", self.url)
 
@@ -379,6 +449,9 @@ class NatsBroker:
             servers=self._servers, error_cb=on_error, disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect, name=f"swell:{self.namespace}", allow_reconnect=True,
             max_reconnect_attempts=-1, reconnect_time_wait=1,
+            # a server gone without closing the socket (a partition, a power cut) is noticed
+            # after two unanswered pings rather than the client's default four minutes
+            ping_interval=PING_INTERVAL_S, max_outstanding_pings=2,
             connect_timeout=max(1, math.ceil(self.connect_timeout_s))))
         giving_up = asyncio.ensure_future(gave_up.wait())
         try:
@@ -417,6 +490,10 @@ class NatsBroker:
         except nats.errors.NoRespondersError:
             raise ConfigError(f"JetStream is not enabled at {self.url}: "
                               "start nats-server with -js") from None
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            # JetStream is there (a server without it says "no responders" at once) but does not
+            # answer: a cluster electing its metadata leader. What needs it will say so.
+            log.warning("NATS %s: JetStream did not answer yet (%r); going on", self.url, exc)
 
     async def _request(self, subject: str, payload: bytes = b"",
                        headers: dict[str, str] | None = None) -> Msg:
@@ -425,8 +502,8 @@ class NatsBroker:
         nc = await self._client()
         try:
             return await nc.request(subject, payload, timeout=REQUEST_TIMEOUT_S, headers=headers)
-        except nats.errors.NoRespondersError as exc:
-            raise BrokerError(f"nothing at NATS {self.url} answers {subject!r}") from exc
+        except nats.errors.NoRespondersError as exc:  # in a cluster: its leader is being elected
+            raise BrokerUnavailable(f"nothing at NATS {self.url} answers {subject!r} (yet)") from exc
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise BrokerUnavailable(f"NATS at {self.url} did not answer: {exc!r}") from exc
 
@@ -435,7 +512,7 @@ class NatsBroker:
                                   b"" if body is None else json.dumps(body).encode())
         resp: dict[str, Any] = json.loads(msg.data)
         if "error" in resp:
-            raise _ApiError(op, resp["error"])
+            raise _refusal(op, resp["error"])
         return resp
 
     async def _ack_request(self, reply: str, kind: bytes) -> None:
@@ -494,7 +571,7 @@ class NatsBroker:
                 for subject, body, headers in items:
                     reply, box = stack.enter_context(self._box())
                     boxes.append((subject, box))
-                    await nc.publish(subject, body, reply=reply, headers=headers)
+                    await nc.publish(subject, body, reply=reply, headers=headers or None)
             except Exception as exc:
                 raise BrokerUnavailable(f"NATS at {self.url} took no message: {exc!r}") from exc
             end = loop.time() + REQUEST_TIMEOUT_S + 0.001 * len(boxes)
@@ -503,11 +580,12 @@ class NatsBroker:
                 if msg is None:
                     raise BrokerUnavailable(f"NATS at {self.url} did not confirm a message on "
                                             f"{subject!r} in time")
-                if _status(msg) is not None:
-                    raise BrokerError(f"no stream at {self.url} takes {subject!r} (deleted?)")
+                if _status(msg) is not None:  # 503: nothing stored; the stream has no leader
+                    raise BrokerUnavailable(f"no stream at {self.url} takes {subject!r} now "
+                                            "(electing its leader, or deleted)")
                 ack: dict[str, Any] = json.loads(msg.data)
                 if "error" in ack:
-                    raise _ApiError(f"a publish on {subject}", ack["error"])
+                    raise _refusal(f"a publish on {subject}", ack["error"])
                 acks.append(ack)
         return acks
 
@@ -516,46 +594,76 @@ class NatsBroker:
         """One pull: up to ``batch`` messages, as soon as there are any, waiting up to ``wait_s``
         (at least ``MIN_PULL_WAIT_S``) for the first. Each comes with the time its lease began.
 
-        Deliveries keep their stream subject, so each pull listens on an inbox of its own; what
-        reaches it after the pull gave up (closing, or no answer in time) is nak'd."""
+        A pull is answered on an inbox of its own (``_PullInbox``), kept for the next pull when
+        this one ended cleanly; when it did not (closing, no answer in time, cancelled) the inbox
+        is dropped and what reaches it after the pull gave up is nak'd."""
         nc = await self._client()
-        box: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
-
-        async def deliver(msg: Msg) -> None:
-            box.put_nowait((self.clock.time(), msg))
-
         wait_s = max(wait_s, MIN_PULL_WAIT_S)
         # no_wait with expires: the server answers as soon as it has anything, else at expiry
         request = {"batch": batch, "no_wait": True, "expires": _ns(wait_s)}
         loop = asyncio.get_running_loop()
-        end = loop.time() + wait_s + REQUEST_TIMEOUT_S
+        inbox = await self._pull_inbox(nc)
+        assert inbox.sub is not None
+        strays, inbox.got, inbox.want = inbox.got, [], batch
+        ended = inbox.ended = loop.create_future()
+        await self._nak_late(strays)  # none unless the server answered an ended pull again
         out: list[tuple[float, Msg]] = []
-        sub = await nc.subscribe(nc.new_inbox(), cb=deliver)
         try:
             sent = self.clock.time()  # the server's ack waits start after this
-            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{info.stream}.{CONSUMER}",
-                             json.dumps(request).encode(), reply=sub.subject)
-            while len(out) < batch:
-                got = await self._next(box, end - loop.time())
-                if got is None:
-                    break
-                status = _status(got[1])
+            try:
+                await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{info.stream}.{CONSUMER}",
+                                 json.dumps(request).encode(), reply=inbox.sub.subject)
+            except Exception as exc:  # closed, or the buffer of a reconnecting client is full
+                raise BrokerUnavailable(f"NATS at {self.url} took no pull: {exc!r}") from exc
+            if not self._closing.is_set():
+                closing = asyncio.ensure_future(self._closing.wait())
+                try:
+                    await asyncio.wait((ended, closing), timeout=wait_s + REQUEST_TIMEOUT_S,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closing.cancel()
+            got, inbox.got = inbox.got, []
+            for at, msg in got:
+                status = _status(msg)
                 if status is None:
-                    out.append((max(sent, got[0] - ARRIVAL_MARGIN_S), got[1]))
+                    out.append((max(sent, at - ARRIVAL_MARGIN_S), msg))
                 elif status != "100":  # 404 no (more) messages, 408 expired, 409 refused: done
-                    if status == "409" and not out:
-                        raise BrokerError(f"JetStream refused a pull from {info.stream}: "
-                                          f"{(got[1].headers or {}).get('Description', '')}")
+                    if status in ("409", "503") and not out:
+                        # 503: no consumer leader (yet); 409: a leader change, a server shutting
+                        # down, or the consumer deleted (the next declaration check makes it again)
+                        raise BrokerUnavailable(
+                            f"JetStream took no pull from {info.stream} now: {status} "
+                            f"{(msg.headers or {}).get('Description', '')}".rstrip())
                     break
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            while not box.empty():
-                late = box.get_nowait()[1]
-                if _status(late) is None and late.reply:
-                    with contextlib.suppress(Exception):
-                        await late.nak()
+            if ended.done() and inbox.nc is self._nc:
+                self._pull_inboxes.append(inbox)
+            else:
+                with contextlib.suppress(Exception):
+                    await inbox.sub.unsubscribe()
+                await self._nak_late(inbox.got)
         return out
+
+    async def _pull_inbox(self, nc: Client) -> _PullInbox:
+        """A quiet pull inbox of ``nc``'s, or a new one."""
+        while self._pull_inboxes:
+            inbox = self._pull_inboxes.pop()
+            if inbox.nc is nc and not nc.is_closed:
+                return inbox
+        inbox = _PullInbox(nc, self.clock)
+        try:
+            inbox.sub = await nc.subscribe(nc.new_inbox(), cb=inbox.deliver)
+        except Exception as exc:  # a closed client
+            raise BrokerUnavailable(f"NATS at {self.url} took no pull: {exc!r}") from exc
+        return inbox
+
+    @staticmethod
+    async def _nak_late(got: list[tuple[float, Msg]]) -> None:
+        """Give back deliveries that reached a pull after it gave up."""
+        for _, late in got:
+            if _status(late) is None and late.reply:
+                with contextlib.suppress(Exception):
+                    await late.nak()
 
     async def _direct(self, stream: str, request: dict[str, Any]) -> list[Msg]:
         """A batched direct get: the messages up to the end-of-batch marker."""
@@ -564,8 +672,11 @@ class NatsBroker:
         end = loop.time() + REQUEST_TIMEOUT_S
         out: list[Msg] = []
         with self._box() as (reply, box):
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(),
-                             reply=reply)
+            try:
+                await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(),
+                                 reply=reply)
+            except Exception as exc:  # closed, or the buffer of a reconnecting client is full
+                raise BrokerUnavailable(f"NATS at {self.url} took no read: {exc!r}") from exc
             while True:
                 msg = await self._next(box, end - loop.time())
                 if msg is None:
@@ -585,7 +696,8 @@ class NatsBroker:
         return (f"swell-{self.namespace}-{_stream_part(queue)}",
                 f"swell.{self.namespace}.q.{queue}", f"swell.{self.namespace}.d.{queue}")
 
-    async def declare_queue(self, spec: QueueSpec) -> None:
+    async def declare_queue(self, spec: QueueSpec, *,
+                            subscription: SubscriptionSpec | None = None) -> None:
         specs = [s for s in (spec, spec.dlq_spec()) if s is not None]
         for s in specs:
             self._names(s.name)  # every name checked before anything is made
@@ -596,11 +708,41 @@ class NatsBroker:
                                   f"over what the NATS server takes ({nc.max_payload:,} bytes "
                                   f"less {HEADER_ROOM:,} for headers)")
         for s in specs:
-            await self._declare(s, is_main=s is spec)
+            await self._declare(s, is_main=s is spec, subscription=subscription if s is spec else None)
 
-    async def _declare(self, spec: QueueSpec, *, is_main: bool) -> None:
+    async def _declare(self, spec: QueueSpec, *, is_main: bool,
+                       subscription: SubscriptionSpec | None = None) -> None:
         stream, subject, delayed = self._names(spec.name)
         wanted = self._stream_config(spec, stream, subject, delayed)
+        if subscription is not None:  # fed from the topic's stream, from its next message on
+            _, last = await self.topics_part.topic_spec(subscription.topic)
+            wanted["sources"] = self.topics_part.sources(subscription, last + 1)
+            wanted["metadata"][SUBSCRIPTION_KEY] = msgspec.json.encode(subscription).decode()
+            wanted["subjects"] = [subject]  # delays are scheduled in the topic's stream
+            wanted["allow_msg_schedules"] = False
+        config = await self._stream(stream, wanted, f"queue {spec.name!r}", "swell.queue")
+        stored = _stored_spec(config)
+        meta = config.get("metadata") or {}
+        if not is_main and stored is not None and not stored.is_dead_letter:
+            spec = stored  # a dead-letter queue declared as a queue of its own keeps its settings
+        elif (stored != spec or config.get("duplicate_window") != wanted["duplicate_window"]
+              or meta.get(SUBSCRIPTION_KEY) != wanted["metadata"].get(SUBSCRIPTION_KEY)):
+            log.info("queue %r: stored settings updated as declared (stream %s)", spec.name, stream)
+            config["duplicate_window"] = wanted["duplicate_window"]
+            config["metadata"] = {**meta, **wanted["metadata"]}
+            if meta.get(SUBSCRIPTION_KEY) != wanted["metadata"].get(SUBSCRIPTION_KEY):
+                config["sources"] = wanted.get("sources")  # a changed subscription: from now on
+            await self._api(f"STREAM.UPDATE.{stream}", config)
+        sub, router = _routing(config)
+        ack_wait = await self._ensure_consumer(spec, stream, None if sub else subject)
+        self._queues[spec.name] = _QueueInfo(spec, stream, subject, delayed, ack_wait,
+                                             self.clock.monotonic(), sub, router)
+
+    async def _stream(self, stream: str, wanted: dict[str, Any], what: str,
+                      owner: str) -> dict[str, Any]:
+        """The config of ``stream``, created as ``wanted`` if it does not exist. A stream that swell
+        did not make (no ``owner`` in its metadata), or that exists with other settings, is a
+        ``ConfigError``: swell never takes over or changes what it did not make."""
         existing = await self._stream_info(stream)
         if existing is None:
             try:
@@ -608,21 +750,14 @@ class NatsBroker:
             except _ApiError as exc:
                 existing = await self._stream_info(stream)  # made by another process just now?
                 if existing is None:
-                    raise ConfigError(f"cannot create the stream of queue {spec.name!r}: "
+                    raise ConfigError(f"cannot create the stream of {what}: "
                                       f"{exc.description}") from exc
         config: dict[str, Any] = existing["config"]
-        self._check_stream(spec.name, config, wanted)
-        stored = _stored_spec(config)
-        if not is_main and stored is not None and not stored.is_dead_letter:
-            spec = stored  # a dead-letter queue declared as a queue of its own keeps its settings
-        elif stored != spec or config.get("duplicate_window") != wanted["duplicate_window"]:
-            log.info("queue %r: stored settings updated as declared (stream %s)", spec.name, stream)
-            config["duplicate_window"] = wanted["duplicate_window"]
-            config["metadata"] = {**(config.get("metadata") or {}), **wanted["metadata"]}
-            await self._api(f"STREAM.UPDATE.{stream}", config)
-        ack_wait = await self._ensure_consumer(spec, stream, subject)
-        self._queues[spec.name] = _QueueInfo(spec, stream, subject, delayed, ack_wait,
-                                             self.clock.monotonic())
+        if not (config.get("metadata") or {}).get(owner):
+            raise ConfigError(f"stream {stream!r} exists but swell did not make it; swell "
+                              f"will not take it over for {what}: use another namespace")
+        self._check_stream(what, config, wanted)
+        return config
 
     def _stream_config(self, spec: QueueSpec, stream: str, subject: str,
                        delayed: str) -> dict[str, Any]:
@@ -637,26 +772,26 @@ class NatsBroker:
         }
 
     @staticmethod
-    def _check_stream(queue: str, have: dict[str, Any], want: dict[str, Any]) -> None:
-        if not (have.get("metadata") or {}).get("swell.queue"):
-            raise ConfigError(f"stream {have['name']!r} exists but swell did not make it; swell "
-                              f"will not take it over for queue {queue!r}: use another namespace")
+    def _check_stream(what: str, have: dict[str, Any], want: dict[str, Any]) -> None:
         diffs = [f"{key} is {have.get(key)!r}, the app needs {want[key]!r}"
                  for key in ("retention", "storage", "num_replicas", "allow_msg_schedules")
                  if have.get(key, False) != want[key]]
         if sorted(have.get("subjects") or []) != sorted(want["subjects"]):
             diffs.append(f"subjects are {have.get('subjects')}, the app needs {want['subjects']}")
         if diffs:
-            raise ConfigError(f"stream {have['name']!r} of queue {queue!r} exists with other "
+            raise ConfigError(f"stream {have['name']!r} of {what} exists with other "
                               f"settings ({'; '.join(diffs)}); swell does not change them: "
                               "delete the stream or use another namespace")
 
-    async def _ensure_consumer(self, spec: QueueSpec, stream: str, subject: str) -> float:
-        """Create or check the queue's consumer; its ack wait follows the declared visibility."""
-        config = {"durable_name": CONSUMER, "name": CONSUMER, "ack_policy": "explicit",
-                  "ack_wait": _ns(spec.visibility_timeout_s), "max_deliver": -1,
-                  "filter_subject": subject, "deliver_policy": "all", "replay_policy": "instant",
-                  "max_ack_pending": -1}
+    async def _ensure_consumer(self, spec: QueueSpec, stream: str, subject: str | None) -> float:
+        """Create or check the queue's consumer; its ack wait follows the declared visibility.
+        ``subject=None``: no filter (a subscription's stream holds only what the queue takes)."""
+        config: dict[str, Any] = {
+            "durable_name": CONSUMER, "name": CONSUMER, "ack_policy": "explicit",
+            "ack_wait": _ns(spec.visibility_timeout_s), "max_deliver": -1,
+            "deliver_policy": "all", "replay_policy": "instant", "max_ack_pending": -1}
+        if subject is not None:
+            config["filter_subject"] = subject
         try:
             have: dict[str, Any] | None = (
                 await self._api(f"CONSUMER.INFO.{stream}.{CONSUMER}"))["config"]
@@ -666,7 +801,7 @@ class NatsBroker:
             have = None
         if have is not None:
             odd = [k for k in ("ack_policy", "max_deliver", "filter_subject", "deliver_policy")
-                   if have.get(k) != config[k]]
+                   if have.get(k) != config.get(k)]
             if odd:
                 raise ConfigError(f"the consumer of queue {spec.name!r} (stream {stream!r}) exists "
                                   f"with other settings ({', '.join(odd)}); swell does not change "
@@ -703,29 +838,53 @@ class NatsBroker:
         stream, subject, delayed = self._names(queue)
         got = await self._stream_info(stream)
         spec = None if got is None else _stored_spec(got["config"])
-        if spec is None:
+        if spec is None or got is None:
             self._queues.pop(queue, None)
             raise UnknownQueue(queue)
-        ack_wait = await self._ensure_consumer(spec, stream, subject)
+        sub, router = _routing(got["config"])
+        ack_wait = await self._ensure_consumer(spec, stream, None if sub else subject)
         info = self._queues[queue] = _QueueInfo(spec, stream, subject, delayed, ack_wait,
-                                                self.clock.monotonic())
+                                                self.clock.monotonic(), sub, router)
         return info
 
     async def queue_spec(self, queue: str) -> QueueSpec:
         return (await self._queue(queue, fresh=True)).spec
 
     async def queues(self) -> list[QueueSpec]:
-        specs: list[QueueSpec] = []
-        seen = 0
+        streams = await self._list_streams(f"swell.{self.namespace}.q.>")
+        return sorted((s for s in (_stored_spec(i["config"]) for i in streams) if s is not None),
+                      key=lambda s: s.name)
+
+    async def _list_streams(self, subject: str) -> list[dict[str, Any]]:
+        """The info of every stream that takes ``subject`` (a filter), page by page."""
+        out: list[dict[str, Any]] = []
         while True:
-            page = await self._api("STREAM.LIST", {"subject": f"swell.{self.namespace}.q.>",
-                                                   "offset": seen})
+            page = await self._api("STREAM.LIST", {"subject": subject, "offset": len(out)})
             streams = page.get("streams") or []
-            seen += len(streams)
-            specs.extend(s for s in (_stored_spec(i["config"]) for i in streams) if s is not None)
-            if not streams or seen >= int(page.get("total", 0)):
-                break
-        return sorted(specs, key=lambda s: s.name)
+            out.extend(streams)
+            if not streams or len(out) >= int(page.get("total", 0)):
+                return out
+
+    # -- topics (see nats_topics) ------------------------------------------------------------
+    @property
+    def topics_part(self) -> NatsTopics:
+        if self._topics is None:
+            from swell.brokers.nats_topics import NatsTopics
+
+            self._topics = NatsTopics(self)
+        return self._topics
+
+    async def declare_topic(self, spec: TopicSpec) -> None:
+        await self.topics_part.declare(spec)
+
+    async def subscribe(self, spec: SubscriptionSpec) -> None:
+        await self.topics_part.subscribe(spec)
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> list[bool]:
+        return await self.topics_part.publish(topic, messages)
+
+    async def topics(self) -> list[TopicInfo]:
+        return await self.topics_part.topics()
 
     # -- send ------------------------------------------------------------------------------
     async def send(self, queue: str, messages: Sequence[Message]) -> list[bool]:
@@ -734,22 +893,35 @@ class NatsBroker:
         now = self.clock.time()
         items = []
         for m in messages:
-            headers = {"Nats-Expected-Stream": info.stream}
+            # no Nats-Expected-Stream here: it would be stored with the message and parsed again
+            # at every delivery; the publish ack names the stream that stored it instead
+            headers: dict[str, str] = {}
             encoded = _enc_headers(m.headers)
             if encoded:
                 headers[H_HEADERS] = encoded
             if m.dedup_id is not None:
                 headers["Nats-Msg-Id"] = _msg_id(m.dedup_id)
             items.append((self._target(info, headers, now, m.delay_s), m.body, headers))
-        return [not ack.get("duplicate", False) for ack in await self._publish_all(items)]
+        acks = await self._publish_all(items)
+        for ack in acks:
+            if ack.get("stream") != info.stream:  # another stream took the queue's subject
+                raise BrokerError(f"queue {queue!r}: a message was stored by stream "
+                                  f"{ack.get('stream')!r}, not by the queue's {info.stream!r}")
+        return [not ack.get("duplicate", False) for ack in acks]
 
-    @staticmethod
-    def _target(info: _QueueInfo, headers: dict[str, str], now: float, delay_s: float) -> str:
-        """The subject to publish on: the queue's, or a schedule that fires into it when due."""
+    def _target(self, info: _QueueInfo, headers: dict[str, str], now: float, delay_s: float) -> str:
+        """The subject to publish on: the queue's, or a schedule that fires into it when due (a
+        subscription's queue, which sources from its topic, cannot schedule: the topic's stream
+        holds the schedule, which fires onto the subscription's own subject there)."""
         if delay_s <= 0:
             return info.subject
         headers.setdefault(H_ENQUEUED, repr(now))
         headers["Nats-Schedule"] = _at(now + delay_s)
+        if info.subscription is not None:
+            stream, target, prefix = self.topics_part.schedule(info.subscription)
+            headers["Nats-Expected-Stream"] = stream
+            headers["Nats-Schedule-Target"] = target
+            return f"{prefix}.{secrets.token_hex(10)}"
         headers["Nats-Schedule-Target"] = info.subject
         return f"{info.delayed_prefix}.{secrets.token_hex(10)}"
 
@@ -780,14 +952,25 @@ class NatsBroker:
         out.sort(key=lambda d: d.receipt.id)  # a batch in message order, as on every backend
         return out
 
+    @staticmethod
+    def _delivered(reply: str) -> tuple[int, int, int, float]:
+        """(stream sequence, consumer sequence, times delivered, stored at) from a delivery's ack
+        subject: ``$JS.ACK.[<domain>.<account hash>.]<stream>.<consumer>.<delivered>.<stream seq>.
+        <consumer seq>.<timestamp ns>.<pending>[.<token>]`` (what ``msg.metadata`` reads, without
+        the datetime and objects it builds for each message)."""
+        t = reply.split(".")
+        i = 4 if len(t) == 9 else 6
+        if len(t) < 9 or t[0] != "$JS" or t[1] != "ACK":
+            raise BrokerError(f"not a JetStream delivery (ack subject {reply!r})")
+        return int(t[i + 1]), int(t[i + 2]), int(t[i]), int(t[i + 3]) / 1e9
+
     async def _admit(self, info: _QueueInfo, msg: Msg, at: float,
                      lease_s: float) -> Delivery | None:
         """A pulled message as a lease, or ``None`` if it went to the dead-letter queue."""
-        meta = msg.metadata
-        sseq, token, delivered = meta.sequence.stream, meta.sequence.consumer, meta.num_delivered
+        sseq, token, delivered, stored_at = self._delivered(msg.reply)
         raw = msg.headers or {}
         count = int(raw.get(H_BASE, "0")) + delivered
-        enqueued = float(raw[H_ENQUEUED]) if H_ENQUEUED in raw else meta.timestamp.timestamp()
+        enqueued = float(raw[H_ENQUEUED]) if H_ENQUEUED in raw else stored_at
         headers = _dec_headers(raw.get(H_HEADERS))
         key = (info.spec.name, sseq)
         old = self._leases.pop(key, None)
@@ -795,6 +978,10 @@ class NatsBroker:
             self._stop_keeper(old)
         first = float(raw[H_FIRST]) if H_FIRST in raw else (
             at if delivered == 1 else self._firsts.get(key))
+        if info.subscription is not None and info.router is not None and not \
+                self.topics_part.admit(info.subscription, info.router, msg.data, delivered == 1):
+            await self._ack_request(msg.reply, b"+ACK")  # kept out by the subscription's filter
+            return None
         if 0 < info.spec.max_receives < count:
             await self._to_dlq(info, sseq, msg.reply, msg.data, headers, enqueued,
                                REASON_MAX_RECEIVES, None, count - 1)
@@ -881,13 +1068,35 @@ class NatsBroker:
     # -- settle ----------------------------------------------------------------------------
     async def ack(self, receipts: Sequence[Receipt]) -> list[Receipt]:
         held, stale = self._split(receipts)
-
-        async def ack(lease: _Lease) -> None:
-            await self._ack_request(lease.reply, b"+ACK")
+        await self._ack_all(held, b"+ACK")
+        for lease in held:
             self._forget(lease)
-
-        await self._each(held, ack)
         return stale
+
+    async def _ack_all(self, leases: Sequence[_Lease], kind: bytes) -> None:
+        """``kind`` for every lease, pipelined, and wait until the server applied them all.
+
+        A consumer applies the acks of one connection in the order they came, and answers an ack
+        that asks for it once it is applied; so only the last ack of each queue asks, and its
+        answer confirms the ones before it (one round trip a batch, not one an ack)."""
+        if not leases:
+            return
+        nc = await self._client()
+        last: dict[str, _Lease] = {}
+        for lease in leases:
+            last[lease.queue] = lease
+        confirm = set(map(id, last.values()))
+        try:
+            for lease in leases:
+                if id(lease) not in confirm:
+                    await nc.publish(lease.reply, kind)
+        except Exception as exc:
+            raise BrokerUnavailable(f"NATS at {self.url} took no ack: {exc!r}") from exc
+        if len(last) == 1:  # the usual case: no task for it
+            await self._ack_request(leases[-1].reply, kind)
+        else:
+            await self._each(list(last.values()),
+                             lambda lease: self._ack_request(lease.reply, kind))
 
     async def release(self, receipts: Sequence[Receipt], delay_s: float = 0.0, *,
                       count: bool = True) -> list[Receipt]:
@@ -1025,7 +1234,8 @@ class NatsBroker:
                                  {"subjects_filter": info.subject}))["state"]
         consumer = await self._api(f"CONSUMER.INFO.{info.stream}.{CONSUMER}")
         total = int(state.get("messages", 0))
-        on_queue = min(total, int((state.get("subjects") or {}).get(info.subject, 0)))
+        on_queue = total if info.subscription is not None else (  # (which schedules nothing)
+            min(total, int((state.get("subjects") or {}).get(info.subject, 0))))
         leased = min(on_queue, int(consumer["num_ack_pending"]))
         ready, delayed = self._known_returns(info)
         ready = min(ready, leased)
@@ -1071,6 +1281,9 @@ class NatsBroker:
     async def close(self) -> None:
         if self._closed:
             return
+        if self._topics is not None and self._nc is not None:
+            with contextlib.suppress(BrokerError):
+                await self._topics.flush(force=True)  # this process's topic counts
         self._closed = True
         self._closing.set()  # a receive still waiting returns what it has: nothing
         keepers = [lease.keeper for lease in self._leases.values() if lease.keeper is not None]
@@ -1088,6 +1301,15 @@ def _enqueued(raw: dict[str, str]) -> float | None:
     if H_ENQUEUED in raw:
         return float(raw[H_ENQUEUED])
     return _parse_ts(raw["Nats-Time-Stamp"]) if "Nats-Time-Stamp" in raw else None
+
+
+def _routing(config: dict[str, Any]) -> tuple[SubscriptionSpec | None, Router | None]:
+    """The subscription a queue stream belongs to, if any, and its compiled routing."""
+    raw = (config.get("metadata") or {}).get(SUBSCRIPTION_KEY)
+    if raw is None:
+        return None, None
+    sub = msgspec.json.decode(raw, type=SubscriptionSpec)
+    return sub, Router.of(sub)
 
 
 def _stored_spec(config: dict[str, Any]) -> QueueSpec | None:
@@ -1257,7 +1479,7 @@ class NatsKV:
             created = await self._b._api(f"CONSUMER.CREATE.{self._stream}", {
                 "stream_name": self._stream, "config": {
                     "deliver_policy": "last_per_subject", "ack_policy": "none",
-                    "filter_subject": f"{self._prefix}>", "deliver_subject": inbox,
+                    "filter_subject": f"{self._prefix}{_key_filter(prefix)}", "deliver_subject": inbox,
                     "replay_policy": "instant", "mem_storage": True, "num_replicas": 1,
                     "inactive_threshold": _ns(5)}})
             name, pending = created["name"], int(created["num_pending"])

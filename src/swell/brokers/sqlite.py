@@ -32,13 +32,18 @@ from swell.brokers.base import (
     QueueSpec,
     QueueStats,
     Receipt,
+    SubscriptionSpec,
+    SubscriptionStats,
+    TopicInfo,
+    TopicSpec,
     check_sizes,
     dead_letter_headers,
     redrive_headers,
 )
+from swell.brokers.topics import Router, check_publish, route
 from swell.brokers.waiting import Waker
 from swell.core.clock import SYSTEM_CLOCK, Clock
-from swell.core.errors import BrokerError, BrokerUnavailable, ConfigError, UnknownQueue
+from swell.core.errors import BrokerError, BrokerUnavailable, ConfigError, UnknownQueue, UnknownTopic
 
 T = TypeVar("T")
 log = logging.getLogger("swell.sqlite")
@@ -80,6 +85,19 @@ CREATE TABLE IF NOT EXISTS swell_dedup (
     dedup_id TEXT NOT NULL,
     expires_at REAL NOT NULL,
     PRIMARY KEY (queue, dedup_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS swell_topics (
+    name TEXT PRIMARY KEY,
+    spec BLOB NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS swell_subscriptions (
+    topic TEXT NOT NULL,
+    name TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    matched INTEGER NOT NULL DEFAULT 0,
+    filtered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic, name)
 ) WITHOUT ROWID;
 """
 
@@ -145,6 +163,7 @@ class SqliteBroker:
         self._waker = Waker(clock)
         self._data_version = -1
         self._dedup_swept_at = 0.0
+        self._routers: dict[bytes, Router] = {}  # compiled per stored subscription spec
         self._kv = SqliteKV(self)
         self._orphan_releases: set[asyncio.Task[list[Receipt]]] = set()
         self._checkpointer: _Checkpointer | None = None
@@ -261,26 +280,110 @@ class SqliteBroker:
               now: float) -> list[bool]:
         spec = self._spec(conn, queue)
         check_sizes(spec, messages)
+        accepted = self._fresh(conn, spec.name, spec.dedup_window_s, messages, now)
+        conn.executemany(_INSERT, [(spec.name, now + m.delay_s if m.delay_s > 0 else now, now,
+                                    _enc_headers(m.headers), m.body)
+                                   for m, new in zip(messages, accepted, strict=True) if new])
+        _resize(conn, spec.name, sum(accepted))
+        return accepted
+
+    def _fresh(self, conn: sqlite3.Connection, scope: str, window_s: float,
+               messages: Sequence[Message], now: float) -> list[bool]:
+        """Per message, whether its dedup id (if any) is new in ``scope`` within ``window_s``;
+        records the new ones."""
         if not any(m.dedup_id for m in messages):
-            conn.executemany(_INSERT, [(spec.name, now + m.delay_s if m.delay_s > 0 else now, now,
-                                        _enc_headers(m.headers), m.body) for m in messages])
-            _resize(conn, spec.name, len(messages))
             return [True] * len(messages)
-        if now - self._dedup_swept_at > spec.dedup_window_s / 10:
+        if now - self._dedup_swept_at > window_s / 10:
             conn.execute("DELETE FROM swell_dedup WHERE expires_at <= ?", (now,))
             self._dedup_swept_at = now
-        accepted, rows = [], []
-        for m in messages:
-            if m.dedup_id is not None:
-                cur = conn.execute(_DEDUP, (spec.name, m.dedup_id, now + spec.dedup_window_s, now))
-                if cur.rowcount == 0:
-                    accepted.append(False)
-                    continue
-            rows.append((spec.name, now + max(m.delay_s, 0.0), now, _enc_headers(m.headers), m.body))
-            accepted.append(True)
-        conn.executemany(_INSERT, rows)
-        _resize(conn, spec.name, len(rows))
+        return [m.dedup_id is None
+                or conn.execute(_DEDUP, (scope, m.dedup_id, now + window_s, now)).rowcount > 0
+                for m in messages]
+
+    # -- topics ------------------------------------------------------------------------------
+    def _topic(self, conn: sqlite3.Connection, topic: str) -> TopicSpec:
+        row = conn.execute("SELECT spec FROM swell_topics WHERE name = ?", (topic,)).fetchone()
+        if row is None:
+            raise UnknownTopic(topic)
+        return msgspec.json.decode(row[0], type=TopicSpec)
+
+    def _router(self, raw: bytes) -> Router:
+        """A subscription's compiled routing, kept while its stored spec is unchanged."""
+        router = self._routers.get(raw)
+        if router is None:
+            if len(self._routers) > 1024:
+                self._routers.clear()
+            router = self._routers[raw] = Router.of(msgspec.json.decode(raw, type=SubscriptionSpec))
+        return router
+
+    async def declare_topic(self, spec: TopicSpec) -> None:
+        await self._run(lambda c: self._tx(c, lambda conn: conn.execute(
+            "INSERT INTO swell_topics (name, spec) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
+            (spec.name, msgspec.json.encode(spec)))))
+
+    async def subscribe(self, spec: SubscriptionSpec) -> None:
+        raw = msgspec.json.encode(spec)
+        self._router(raw)  # an invalid pattern fails here, before anything is stored
+        queues = [s for s in (spec.queue, spec.queue.dlq_spec()) if s is not None]
+
+        def run(conn: sqlite3.Connection) -> None:
+            self._topic(conn, spec.topic)
+            self._declare(conn, queues)
+            conn.execute("INSERT INTO swell_subscriptions (topic, name, spec) VALUES (?, ?, ?) "
+                         "ON CONFLICT (topic, name) DO UPDATE SET spec = excluded.spec",
+                         (spec.topic, spec.name, raw))
+
+        await self._run(lambda c: self._tx(c, run))
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> list[bool]:
+        accepted, queues = await self._run(lambda c: self._tx(c, self._publish, topic, messages,
+                                                              self.clock.time()))
+        for queue in queues:
+            self._waker.notify(queue)
         return accepted
+
+    def _publish(self, conn: sqlite3.Connection, topic: str, messages: Sequence[Message],
+                 now: float) -> tuple[list[bool], list[str]]:
+        spec = self._topic(conn, topic)
+        check_publish(spec, messages)
+        accepted = self._fresh(conn, f"#topic/{topic}", spec.dedup_window_s, messages, now)
+        fresh = [m for m, new in zip(messages, accepted, strict=True) if new]
+        subs = conn.execute("SELECT spec FROM swell_subscriptions WHERE topic = ?", (topic,))
+        routed = route([self._router(raw) for (raw,) in subs.fetchall()], fresh)
+        for r in routed:
+            check_sizes(self._spec(conn, r.router.spec.queue.name), r.messages)
+        touched = []
+        for r in routed:
+            queue = r.router.spec.queue.name
+            if r.messages:
+                conn.executemany(_INSERT, [(queue, now + m.delay_s if m.delay_s > 0 else now, now,
+                                            _enc_headers(m.headers), m.body) for m in r.messages])
+                _resize(conn, queue, len(r.messages))
+                touched.append(queue)
+            if r.messages or r.filtered:
+                conn.execute("UPDATE swell_subscriptions SET matched = matched + ?, "
+                             "filtered = filtered + ? WHERE topic = ? AND name = ?",
+                             (len(r.messages), r.filtered, topic, r.router.spec.name))
+        conn.execute("UPDATE swell_topics SET published = published + ? WHERE name = ?",
+                     (len(fresh), topic))
+        return accepted, touched
+
+    async def topics(self) -> list[TopicInfo]:
+        def run(conn: sqlite3.Connection) -> list[TopicInfo]:
+            subs: dict[str, list[SubscriptionStats]] = {}
+            for topic, raw, matched, filtered in conn.execute(
+                    "SELECT topic, spec, matched, filtered FROM swell_subscriptions "
+                    "ORDER BY topic, name"):
+                subs.setdefault(topic, []).append(SubscriptionStats(
+                    spec=msgspec.json.decode(raw, type=SubscriptionSpec), matched=matched,
+                    filtered=filtered))
+            return [TopicInfo(spec=msgspec.json.decode(raw, type=TopicSpec), published=published,
+                              subscriptions=subs.get(name, []))
+                    for name, raw, published in conn.execute(
+                        "SELECT name, spec, published FROM swell_topics ORDER BY name")]
+
+        return await self._run(run)
 
     # -- receive -----------------------------------------------------------------------------
     async def receive(self, queue: str, max_messages: int, visibility_timeout_s: float | None = None,

@@ -4,13 +4,15 @@
 
     SwellError
     ├── ConfigError            wrong configuration: bad URL, duration, option
-    │   └── MissingDependency  an optional extra is not installed
+    │   ├── MissingDependency  an optional extra is not installed
+    │   └── PatternError       an invalid event pattern or routing-key pattern (core.patterns)
     ├── AppError               an app file/module that cannot be loaded, or is ill-formed
     ├── PayloadError           bytes that are not a valid event (bad JSON, bad envelope)
     ├── Throttled              raised by a handler when a downstream says "too many" (a 429)
     └── BrokerError            anything a backend refuses or cannot do
         ├── BrokerUnavailable  the backend cannot be reached
         ├── UnknownQueue       a queue that was never declared
+        ├── UnknownTopic       a topic that was never declared
         ├── MessageTooLarge    a message over its queue's size limit (nothing is stored)
         └── StaleReceipt       a lease that is no longer held (expired or redelivered)
 
@@ -71,6 +73,14 @@ class UnknownQueue(BrokerError):
     def __init__(self, queue: str) -> None:
         super().__init__(f"unknown queue {queue!r} (declare it with app.queue({queue!r}))")
         self.queue = queue
+
+
+class UnknownTopic(BrokerError):
+    """A topic that was never declared."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"unknown topic {topic!r} (declare it with app.topic({topic!r}))")
+        self.topic = topic
 
 
 class MessageTooLarge(BrokerError):

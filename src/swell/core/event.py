@@ -21,6 +21,8 @@ _ATTRIBUTES = (
     "datacontenttype", "dataschema", "key", "idempotencykey", "correlationid", "traceparent",
 )
 _REQUIRED = ("id", "source", "type")
+#: Names an extension attribute cannot take (the attributes above, and the data members).
+RESERVED_ATTRIBUTES = frozenset((*_ATTRIBUTES, "data", "data_base64"))
 _JSON_TYPES = ("application/json", "text/json")
 
 

@@ -1,19 +1,25 @@
-"""The app: a registry of queues and the functions they wake. Nothing runs until a Runtime does."""
+"""The app: a registry of queues, topics and the functions they wake. Nothing runs until a
+Runtime does (``app.publish`` opens a broker of its own when no Runtime of the app is running)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from swell.brokers.base import KiB, QueueSpec
+from swell.brokers.base import KiB, QueueSpec, SubscriptionSpec, TopicSpec
 from swell.core.config import Duration, seconds
 from swell.core.errors import AppError
+from swell.core.patterns import Pattern, SubjectPattern
 from swell.runtime.handler import Handler
 from swell.runtime.retry import Retry
 from swell.scaling.base import Controller
 from swell.scaling.limiters import Limiter, RateLimit
+
+if TYPE_CHECKING:
+    from swell.brokers.base import Broker
+    from swell.runtime.producer import Producer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +35,61 @@ class Queue:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription(Queue):
+    """A subscription to a topic, backed by a queue of its own: pass it to ``@app.function``."""
+
+    subscription: SubscriptionSpec
+
+    @property
+    def topic(self) -> str:
+        return self.subscription.topic
+
+
+class Topic:
+    """A declared topic: ``orders.subscribe("billing", subject="orders.*.created")``."""
+
+    def __init__(self, app: App, spec: TopicSpec) -> None:
+        self.app = app
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return f"Topic({self.name!r})"
+
+    def subscribe(self, name: str, *, subject: str | None = None,
+                  filter: str | Mapping[str, Any] | None = None,
+                  visibility_timeout: Duration = 30.0, max_receives: int = 5,
+                  dead_letter: str | None = None, dedup_window: Duration = 300.0) -> Subscription:
+        """A subscription: the events published from now on whose routing key matches
+        ``subject`` (``*`` one token, ``>`` the rest, as in NATS) and whose content matches
+        ``filter`` (an EventBridge-style event pattern, as JSON or as a dict) go into its own
+        queue, ``<topic>.<name>``, with its own retries, dead-letter queue and scaling. An invalid
+        pattern raises ``PatternError`` here."""
+        _check_name("subscription", name)
+        if "." in name:
+            raise AppError(f"bad subscription name {name!r}: use letters, digits, '-' or '_'")
+        queue = self.app.queue(f"{self.name}.{name}", visibility_timeout=visibility_timeout,
+                               max_receives=max_receives, dead_letter=dead_letter,
+                               max_message_bytes=self.spec.max_message_bytes,
+                               dedup_window=dedup_window, _subscription=True)
+        spec = SubscriptionSpec(
+            topic=self.name, name=name, queue=queue.spec,
+            subject=None if subject is None else SubjectPattern.parse(subject).text,
+            filter=None if filter is None else Pattern.parse(filter).json)
+        sub = Subscription(queue.spec, spec)
+        existing = self.app.subscriptions.get(queue.name)
+        if existing is not None and existing != sub:
+            raise AppError(f"subscription {name!r} of topic {self.name!r} is declared twice with "
+                           "different settings")
+        self.app.subscriptions[queue.name] = sub
+        self.app.queues[queue.name] = sub
+        return sub
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +123,13 @@ class App:
     def __init__(self, name: str) -> None:
         self.name = name
         self.queues: dict[str, Queue] = {}
+        self.topics: dict[str, Topic] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        """By the name of their queue."""
         self.functions: dict[str, Function] = {}
         self.limiters: dict[str, Limiter] = {}
+        self._producer: Producer | None = None  # a running Runtime's, else app.publish's own
+        self._own: Broker | None = None
 
     def limiter(self, name: str, *, rate: str | float | None = None, burst: int | None = None,
                 concurrency: int | None = None) -> Limiter:
@@ -79,13 +145,61 @@ class App:
         self.limiters[name] = lim
         return lim
 
+    def topic(self, name: str, *, retention: Duration = "1d", max_message_bytes: int = 256 * KiB,
+              dedup_window: Duration = 300.0) -> Topic:
+        """Declare a topic: ``publish`` to it, and ``subscribe`` to it. ``retention`` is how long
+        a backend that keeps a topic's log (NATS) keeps it."""
+        _check_name("topic", name)
+        spec = TopicSpec(name=name, retention_s=seconds(retention, name="retention"),
+                         max_message_bytes=max_message_bytes,
+                         dedup_window_s=seconds(dedup_window, name="dedup_window"))
+        existing = self.topics.get(name)
+        if existing is not None:
+            if existing.spec != spec:
+                raise AppError(f"topic {name!r} is declared twice with different settings")
+            return existing
+        topic = self.topics[name] = Topic(self, spec)
+        return topic
+
+    async def publish(self, topic: Topic | str, data: Any, *, subject: str | None = None,
+                      attributes: Mapping[str, Any] | None = None, broker: str | None = None,
+                      **attrs: Any) -> str:
+        """Publish one event to ``topic`` from anywhere (not only from a handler): through the
+        running Runtime of this app, or else through a broker of the app's own (``broker``, else
+        ``SWELL_BROKER`` or the embedded default), on which the app's topics and subscriptions
+        are declared first. Returns the event's id. ``await app.close()`` closes that broker."""
+        name = topic.name if isinstance(topic, Topic) else topic
+        producer = self._producer or await self._open(broker)
+        return await producer.publish(name, data, subject=subject, attributes=attributes, **attrs)
+
+    async def _open(self, url: str | None) -> Producer:
+        from swell.brokers.url import open_broker
+        from swell.runtime.producer import Producer
+
+        broker = open_broker(url)
+        try:
+            await declare(self, broker)
+        except BaseException:
+            await broker.close()
+            raise
+        self._own = broker
+        self._producer = Producer(broker, source=f"/swell/{self.name}", topics=set(self.topics))
+        return self._producer
+
+    async def close(self) -> None:
+        """Close the broker ``publish`` opened (a running Runtime's is left to it)."""
+        if self._own is not None:
+            own, self._own, self._producer = self._own, None, None
+            await own.close()
+
     def queue(self, name: str, *, visibility_timeout: Duration = 30.0, max_receives: int = 5,
               dead_letter: str | None = None, max_message_bytes: int = 256 * KiB,
-              dedup_window: Duration = 300.0) -> Queue:
+              dedup_window: Duration = 300.0, _subscription: bool = False) -> Queue:
         """Declare a queue. After ``max_receives`` deliveries a message moves to ``dead_letter``
         (``<name>.dlq`` unless named); ``max_receives=0`` never dead-letters on its own."""
-        if not name or any(c.isspace() for c in name):
-            raise AppError(f"bad queue name {name!r}: use letters, digits, '.', '-' or '_'")
+        _check_name("queue", name)
+        if not _subscription and name in self.subscriptions:
+            raise AppError(f"queue {name!r} is the queue of a subscription; name the queue otherwise")
         if max_receives < 0:
             raise AppError(f"queue {name!r}: max_receives must be >= 0")
         spec = QueueSpec(name=name, visibility_timeout_s=seconds(visibility_timeout,
@@ -144,6 +258,23 @@ class App:
         if trigger in self.queues:
             return self.queues[trigger]
         raise AppError(f"unknown queue {trigger!r}: declare it first with app.queue({trigger!r})")
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name or any(c.isspace() for c in name):
+        raise AppError(f"bad {kind} name {name!r}: use letters, digits, '.', '-' or '_'")
+
+
+async def declare(app: App, broker: Broker) -> None:
+    """Create (or update) what the app declares on ``broker``: its topics, their subscriptions
+    (each with its queue), and its other queues."""
+    for topic in app.topics.values():
+        await broker.declare_topic(topic.spec)
+    for sub in app.subscriptions.values():
+        await broker.subscribe(sub.subscription)
+    for q in app.queues.values():
+        if q.name not in app.subscriptions:
+            await broker.declare_queue(q.spec)
 
 
 def _controller(concurrency: int | Controller | None) -> Controller:

@@ -52,16 +52,17 @@ class Context:
         """Seconds left before the handler's timeout, if it has one."""
         return None if self.deadline is None else self.deadline - self._loop.time()
 
-    def _publish(self, queue: str, data: Any, delay_s: float,
+    def _publish(self, target: str, data: Any, delay_s: float,
                  attrs: dict[str, Any]) -> Coroutine[Any, Any, str]:
         attrs.setdefault("correlationid", self.event.correlationid or self.event.id)
         attrs.setdefault("traceparent", self.event.traceparent)
-        return self._producer.send(queue, data, delay_s=delay_s, **attrs)
+        return self._producer.send(target, data, delay_s=delay_s, **attrs)
 
-    async def publish(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
-        """Send an event onward; the correlation id (and trace context) of this event go with it.
-        Returns the new event's id."""
-        return await self._publish(queue, data, delay_s, attrs)
+    async def publish(self, target: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
+        """Send an event onward to a queue, or publish it to a topic (``subject=`` is its routing
+        key, ``attributes=`` its extension attributes); the correlation id (and trace context)
+        of this event go with it. Returns the new event's id."""
+        return await self._publish(target, data, delay_s, attrs)
 
     async def extend(self, seconds: float) -> bool:
         """Hold this event's lease for ``seconds`` from now; ``False`` if the lease was lost."""
@@ -77,9 +78,9 @@ class SyncContext(Context):
     def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def publish(self, queue: str, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
+    def publish(self, target: str, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
                 **attrs: Any) -> str:
-        return self._wait(self._publish(queue, data, delay_s, attrs))
+        return self._wait(self._publish(target, data, delay_s, attrs))
 
     def extend(self, seconds: float) -> bool:  # type: ignore[override]
         return self._wait(self._extend(seconds))

@@ -24,7 +24,7 @@ from swell.brokers.base import Broker
 from swell.brokers.url import open_broker
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import SwellError
-from swell.runtime.app import App, Function
+from swell.runtime.app import App, Function, declare
 from swell.runtime.cluster import (
     NODES_PREFIX,
     STATUS_PREFIX,
@@ -114,7 +114,8 @@ class Runtime:
         self._owns_broker = not isinstance(broker, Broker)
         self.broker: Broker = broker if isinstance(broker, Broker) else open_broker(broker,
                                                                                    clock=clock)
-        self.producer = Producer(self.broker, source=f"/swell/{app.name}", clock=clock)
+        self.producer = Producer(self.broker, source=f"/swell/{app.name}", clock=clock,
+                                 topics=app.topics)
         self.functions: dict[str, FunctionState] = {}
         self.node = node_id()
         self.started = time.time()
@@ -128,9 +129,8 @@ class Runtime:
         return {name: st.dispatcher for name, st in self.functions.items()}
 
     async def declare(self) -> None:
-        """Create (or update) every queue the app declares."""
-        for q in self.app.queues.values():
-            await self.broker.declare_queue(q.spec)
+        """Create (or update) every topic, subscription and queue the app declares."""
+        await declare(self.app, self.broker)
 
     def _executor(self, fn: Function, controller: Controller) -> Executor:
         if fn.mode == "process":
@@ -148,6 +148,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.declare()
+        self.app._producer = self.producer  # app.publish goes through this runtime now
         peers = await self._peers()
         for fn in self.app.functions.values():
             controller = fn.controller()
@@ -270,6 +271,8 @@ class Runtime:
         for key in [self._key(STATUS_PREFIX, name) for name in self.functions]:
             await _forget(self.broker, key)
         await _forget(self.broker, self._key(NODES_PREFIX))
+        if self.app._producer is self.producer:
+            self.app._producer = None
         self.functions.clear()
         if self._owns_broker:
             await self.broker.close()
@@ -311,8 +314,15 @@ class Runtime:
                 loop.remove_signal_handler(sig)
 
     async def send(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
-        """Send one event to ``queue`` (see ``Producer.event`` for the attributes)."""
+        """Send one event to ``queue``, or publish it if that is a topic (see ``Producer.event``
+        for the attributes)."""
         return await self.producer.send(queue, data, delay_s=delay_s, **attrs)
+
+    async def publish(self, topic: str, data: Any, *, subject: str | None = None,
+                      attributes: dict[str, Any] | None = None, **attrs: Any) -> str:
+        """Publish one event to ``topic`` (see ``Producer.publish``)."""
+        return await self.producer.publish(topic, data, subject=subject, attributes=attributes,
+                                           **attrs)
 
     async def __aenter__(self) -> Runtime:
         await self.start()

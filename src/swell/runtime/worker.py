@@ -161,8 +161,8 @@ class _WorkerContext(Context):
         except (TypeError, msgspec.EncodeError) as exc:
             raise PayloadError(f"cannot encode as JSON: {exc}") from exc
 
-    async def publish(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
-        return str(self._call(self._request(queue, data, delay_s, attrs)))
+    async def publish(self, target: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
+        return str(self._call(self._request(target, data, delay_s, attrs)))
 
     async def extend(self, seconds: float) -> bool:
         return bool(self._call(_Extend(seconds)))
@@ -173,9 +173,9 @@ class _SyncWorkerContext(_WorkerContext):
 
     __slots__ = ()
 
-    def publish(self, queue: str, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
+    def publish(self, target: str, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
                 **attrs: Any) -> str:
-        return str(self._call(self._request(queue, data, delay_s, attrs)))
+        return str(self._call(self._request(target, data, delay_s, attrs)))
 
     def extend(self, seconds: float) -> bool:  # type: ignore[override]
         return bool(self._call(_Extend(seconds)))
