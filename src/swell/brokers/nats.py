@@ -903,10 +903,11 @@ class NatsBroker:
                 headers["Nats-Msg-Id"] = _msg_id(m.dedup_id)
             items.append((self._target(info, headers, now, m.delay_s), m.body, headers))
         acks = await self._publish_all(items)
-        for ack in acks:
-            if ack.get("stream") != info.stream:  # another stream took the queue's subject
+        for (_, _, headers), ack in zip(items, acks, strict=True):
+            stream = headers.get("Nats-Expected-Stream", info.stream)  # (a schedule names its own)
+            if ack.get("stream") != stream:  # another stream took the queue's subject
                 raise BrokerError(f"queue {queue!r}: a message was stored by stream "
-                                  f"{ack.get('stream')!r}, not by the queue's {info.stream!r}")
+                                  f"{ack.get('stream')!r}, not by the queue's {stream!r}")
         return [not ack.get("duplicate", False) for ack in acks]
 
     def _target(self, info: _QueueInfo, headers: dict[str, str], now: float, delay_s: float) -> str:

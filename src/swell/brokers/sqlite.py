@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import msgspec
@@ -43,11 +44,19 @@ from swell.brokers.base import (
 from swell.brokers.topics import Router, check_publish, route
 from swell.brokers.waiting import Waker
 from swell.core.clock import SYSTEM_CLOCK, Clock
-from swell.core.errors import BrokerError, BrokerUnavailable, ConfigError, UnknownQueue, UnknownTopic
+from swell.core.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    SwellError,
+    UnknownQueue,
+    UnknownTopic,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("swell.sqlite")
 
+COUNTS_EVERY_S = 1.0
 BUSY_TIMEOUT_S = 10.0
 BUSY_FIRST_PAUSE_S = 0.00005
 BUSY_MAX_PAUSE_S = 0.002
@@ -164,6 +173,12 @@ class SqliteBroker:
         self._data_version = -1
         self._dedup_swept_at = 0.0
         self._routers: dict[bytes, Router] = {}  # compiled per stored subscription spec
+        # topic counts not yet in the file: (topic, subscription) -> [matched, filtered]
+        self._counts: dict[tuple[str, str], list[int]] = {}
+        self._published: dict[str, int] = {}
+        self._counts_at = 0.0
+        self._publishes: list[_Publish] = []
+        self._publisher: asyncio.Future[None] | None = None
         self._kv = SqliteKV(self)
         self._orphan_releases: set[asyncio.Task[list[Receipt]]] = set()
         self._checkpointer: _Checkpointer | None = None
@@ -337,40 +352,146 @@ class SqliteBroker:
         await self._run(lambda c: self._tx(c, run))
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> list[bool]:
-        accepted, queues = await self._run(lambda c: self._tx(c, self._publish, topic, messages,
-                                                              self.clock.time()))
-        for queue in queues:
-            self._waker.notify(queue)
-        return accepted
+        """Publishes made while the connection is busy are stored together when it is free, one
+        transaction for the lot (each in a savepoint of its own, so one refused publish refuses
+        only itself): concurrent publishers share the cost of a commit."""
+        done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._publishes.append((topic, messages, done))
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.ensure_future(self._publish_pending())
+        return await done
 
-    def _publish(self, conn: sqlite3.Connection, topic: str, messages: Sequence[Message],
-                 now: float) -> tuple[list[bool], list[str]]:
-        spec = self._topic(conn, topic)
-        check_publish(spec, messages)
-        accepted = self._fresh(conn, f"#topic/{topic}", spec.dedup_window_s, messages, now)
-        fresh = [m for m, new in zip(messages, accepted, strict=True) if new]
+    async def _publish_pending(self) -> None:
+        while self._publishes:
+            batch, self._publishes = self._publishes, []
+            try:
+                results = await self._run(self._store_publishes, batch, self.clock.time())
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, _, done), result in zip(batch, results, strict=True):
+                if done.done():
+                    continue  # its caller was cancelled (what was stored stays stored)
+                if isinstance(result, Exception):
+                    done.set_exception(result)
+                else:
+                    done.set_result(result[0])
+                    for queue in result[1]:
+                        self._waker.notify(queue)
+
+    def _store_publishes(self, conn: sqlite3.Connection, batch: list[_Publish],
+                         now: float) -> list[_Published | Exception]:
+        return self._counted(self._tx(conn, self._publish_all, batch, now))
+
+    def _publish_all(self, conn: sqlite3.Connection, batch: list[_Publish],
+                     now: float) -> list[_Published | Exception]:
+        """Store a batch of publishes: those to one topic are routed and written together; one
+        that is refused (unknown topic, oversize, bad routing key) refuses only itself."""
+        out: list[_Published | Exception | None] = [None] * len(batch)
+        if len(batch) == 1:  # alone: its transaction is its savepoint (a refusal raises)
+            topic, messages, _ = batch[0]
+            spec = self._topic(conn, topic)
+            check_publish(spec, messages)
+            self._publish_together(conn, spec, [messages], [0], out, now)
+            return [r for r in out if r is not None]
+        by_topic: dict[str, list[int]] = {}
+        for i, (topic, _, _) in enumerate(batch):
+            by_topic.setdefault(topic, []).append(i)
+        for topic, idx in by_topic.items():
+            try:
+                spec = self._topic(conn, topic)
+            except SwellError as exc:
+                for i in idx:
+                    out[i] = exc
+                continue
+            ok = []
+            for i in idx:
+                try:
+                    check_publish(spec, batch[i][1])
+                    ok.append(i)
+                except SwellError as exc:
+                    out[i] = exc
+            if len(ok) > 1:
+                try:
+                    conn.execute("SAVEPOINT publish")
+                    self._publish_together(conn, spec, [batch[i][1] for i in ok], ok, out, now)
+                    conn.execute("RELEASE publish")
+                    continue
+                except SwellError:  # one of them does not fit a subscription's queue: one by one
+                    conn.execute("ROLLBACK TO publish")
+                    conn.execute("RELEASE publish")
+            for i in ok:
+                conn.execute("SAVEPOINT publish")
+                try:
+                    self._publish_together(conn, spec, [batch[i][1]], [i], out, now)
+                except SwellError as exc:
+                    conn.execute("ROLLBACK TO publish")
+                    out[i] = exc
+                conn.execute("RELEASE publish")
+        if now - self._counts_at >= COUNTS_EVERY_S:
+            self._flush_counts(conn, now)
+        return [r for r in out if r is not None]
+
+    def _publish_together(self, conn: sqlite3.Connection, spec: TopicSpec,
+                          publishes: list[Sequence[Message]], idx: list[int],
+                          out: list[_Published | Exception | None], now: float) -> None:
+        """Route and write several publishes to one topic at once (all or none: a refusal raises
+        ``SwellError``); their results go to ``out``."""
+        topic = spec.name
+        accepted = [self._fresh(conn, f"#topic/{topic}", spec.dedup_window_s, ms, now)
+                    for ms in publishes]
+        fresh = [m for ms, acc in zip(publishes, accepted, strict=True)
+                 for m, new in zip(ms, acc, strict=True) if new]
         subs = conn.execute("SELECT spec FROM swell_subscriptions WHERE topic = ?", (topic,))
         routed = route([self._router(raw) for (raw,) in subs.fetchall()], fresh)
         for r in routed:
-            check_sizes(self._spec(conn, r.router.spec.queue.name), r.messages)
-        touched = []
+            check_sizes(r.router.spec.queue, r.messages)
+        rows, sizes, counts = [], [], []
         for r in routed:
             queue = r.router.spec.queue.name
             if r.messages:
-                conn.executemany(_INSERT, [(queue, now + m.delay_s if m.delay_s > 0 else now, now,
-                                            _enc_headers(m.headers), m.body) for m in r.messages])
-                _resize(conn, queue, len(r.messages))
-                touched.append(queue)
+                rows += [(queue, now + m.delay_s if m.delay_s > 0 else now, now,
+                          _enc_headers(m.headers), m.body) for m in r.messages]
+                sizes.append((queue, len(r.messages)))
             if r.messages or r.filtered:
-                conn.execute("UPDATE swell_subscriptions SET matched = matched + ?, "
+                counts.append(((topic, r.router.spec.name), len(r.messages), r.filtered))
+        conn.executemany(_INSERT, rows)
+        conn.executemany(_RESIZE, sizes)
+        # the queues to wake and the counts of the lot go with its first publish
+        for k, i in enumerate(idx):
+            out[i] = (accepted[k], [q for q, _ in sizes] if k == 0 else [],
+                      counts if k == 0 else [], topic)
+
+    def _counted(self, results: list[_Published | Exception]) -> list[_Published | Exception]:
+        """Once a publish transaction committed: keep its counts for the next flush."""
+        for r in results:
+            if isinstance(r, Exception):
+                continue
+            for key, matched, filtered in r[2]:
+                counts = self._counts.setdefault(key, [0, 0])
+                counts[0] += matched
+                counts[1] += filtered
+            topic = r[3]
+            self._published[topic] = self._published.get(topic, 0) + sum(r[0])
+        return results
+
+    def _flush_counts(self, conn: sqlite3.Connection, now: float) -> None:
+        """Add this process's topic counts to the file (done at most once a second, in a
+        transaction that is open anyway, so a publish does not pay a write per subscription)."""
+        self._counts_at = now
+        if self._counts:
+            conn.executemany("UPDATE swell_subscriptions SET matched = matched + ?, "
                              "filtered = filtered + ? WHERE topic = ? AND name = ?",
-                             (len(r.messages), r.filtered, topic, r.router.spec.name))
-        conn.execute("UPDATE swell_topics SET published = published + ? WHERE name = ?",
-                     (len(fresh), topic))
-        return accepted, touched
+                             [(m, f, t, n) for (t, n), (m, f) in self._counts.items()])
+            self._counts.clear()
+        if self._published:
+            conn.executemany("UPDATE swell_topics SET published = published + ? WHERE name = ?",
+                             [(k, t) for t, k in self._published.items()])
+            self._published.clear()
 
     async def topics(self) -> list[TopicInfo]:
         def run(conn: sqlite3.Connection) -> list[TopicInfo]:
+            if self._counts or self._published:
+                self._tx(conn, self._flush_counts, self.clock.time())
             subs: dict[str, list[SubscriptionStats]] = {}
             for topic, raw, matched, filtered in conn.execute(
                     "SELECT topic, spec, matched, filtered FROM swell_subscriptions "
@@ -603,11 +724,20 @@ class SqliteBroker:
             if self._checkpointer is not None:
                 self._checkpointer.stop()
             if self._conn is not None:
+                if self._counts or self._published:
+                    with suppress(sqlite3.Error):
+                        self._tx(self._conn, self._flush_counts, self.clock.time())
                 self._conn.close()
                 self._conn = None
 
         await asyncio.get_running_loop().run_in_executor(self._exec, shut)
         self._exec.shutdown(wait=True)
+
+
+#: a publish waiting for the connection: topic, messages, and its caller's future
+_Publish = tuple[str, Sequence[Message], "asyncio.Future[list[bool]]"]
+#: a stored publish: accepted per message, queues written, counts per subscription, its topic
+_Published = tuple[list[bool], list[str], list[tuple[tuple[str, str], int, int]], str]
 
 
 def _setup(conn: sqlite3.Connection) -> None:
