@@ -6,6 +6,7 @@ when it passes ``tests/brokers/`` against a real server.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -64,6 +65,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     dedup_id: str | None = None
     delay_s: float = 0.0
     subject: str | None = None
+    key: str | None = None
+    """Appended to a stream: its partition is a stable hash of ``key``."""
 
 
 class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +99,37 @@ class SubscriptionStats(msgspec.Struct, frozen=True, kw_only=True):
     spec: SubscriptionSpec
     matched: int
     filtered: int
+
+
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A partitioned, append-only log. A record's partition is a stable hash of its key (records
+    without a key are spread round-robin); order holds within a partition; records older than
+    ``retention_s`` may be dropped."""
+
+    name: str
+    partitions: int = 8
+    retention_s: float = 7 * 86400.0
+    max_message_bytes: int = 256 * KiB
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """A record read from a stream. Offsets grow within a partition (on some backends with gaps:
+    the next record after ``offset`` is read from ``offset + 1``)."""
+
+    partition: int
+    offset: int
+    timestamp: float
+    key: str | None
+    body: bytes
+    headers: dict[str, str]
+
+
+def partition_of(key: str | None, partitions: int, fallback: int) -> int:
+    """The partition of a key: CRC-32 of its UTF-8 bytes, the same in every process and on every
+    backend; ``fallback`` (a round-robin count) for a record without a key."""
+    if key is None:
+        return fallback % partitions
+    return zlib.crc32(key.encode()) % partitions
 
 
 class TopicInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -238,6 +272,28 @@ class Broker(Protocol):
 
     async def topics(self) -> list[TopicInfo]:
         """Every topic, its subscriptions and their counts."""
+
+    async def declare_stream(self, spec: StreamSpec) -> None:
+        """Create the stream or update its retention; a different partition count than the
+        stored one is a ``ConfigError`` (it would move keys between partitions)."""
+
+    async def stream_spec(self, stream: str) -> StreamSpec:
+        """The stream's settings; ``UnknownStream`` if it was never declared."""
+
+    async def streams(self) -> list[StreamSpec]: ...
+
+    async def append(self, stream: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
+        """Append records (all of the batch, or none of it); per message its (partition, offset).
+        Raises ``UnknownStream`` and ``MessageTooLarge``."""
+
+    async def read(self, stream: str, partition: int, offset: int = 0, max_records: int = 100, *,
+                   since: float | None = None) -> list[Record]:
+        """Up to ``max_records`` records of one partition in order, from the first at or after
+        ``offset`` (and, with ``since``, whose timestamp is at or after it)."""
+
+    async def end_offsets(self, stream: str) -> list[int]:
+        """Per partition, the offset the next record will have at least (the head): a consumer
+        whose next offset is this has read everything."""
 
     @property
     def kv(self) -> KV:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import random
@@ -16,18 +17,22 @@ from swell.brokers.base import (
     QueueSpec,
     QueueStats,
     Receipt,
+    Record,
+    StreamSpec,
     SubscriptionSpec,
     SubscriptionStats,
     TopicInfo,
     TopicSpec,
     check_sizes,
     dead_letter_headers,
+    partition_of,
     redrive_headers,
 )
+from swell.brokers.logs import check_partition, partition_change
 from swell.brokers.topics import Router, check_publish, route
 from swell.brokers.waiting import Waker
 from swell.core.clock import SYSTEM_CLOCK, Clock
-from swell.core.errors import UnknownQueue, UnknownTopic
+from swell.core.errors import ConfigError, MessageTooLarge, UnknownQueue, UnknownStream, UnknownTopic
 
 
 @dataclass(slots=True)
@@ -67,6 +72,14 @@ class _Topic:
     published: int = 0
 
 
+@dataclass(slots=True)
+class _Stream:
+    spec: StreamSpec
+    partitions: list[list[Record]]
+    next_offsets: list[int]
+    appended: int = 0
+
+
 class MemoryBroker:
     """Queues held in process memory, with the same semantics as every other backend."""
 
@@ -74,6 +87,7 @@ class MemoryBroker:
         self.clock = clock
         self._queues: dict[str, _Queue] = {}
         self._topics: dict[str, _Topic] = {}
+        self._streams: dict[str, _Stream] = {}
         self._ids = itertools.count(1)
         self._waker = Waker(clock)
         self._kv = MemoryKV(clock)
@@ -333,6 +347,62 @@ class MemoryBroker:
         return [TopicInfo(spec=t.spec, published=t.published, subscriptions=[
             SubscriptionStats(spec=s.router.spec, matched=s.matched, filtered=s.filtered)
             for s in t.subscriptions.values()]) for t in self._topics.values()]
+
+    # -- streams -----------------------------------------------------------------------------
+    def _stream(self, name: str) -> _Stream:
+        try:
+            return self._streams[name]
+        except KeyError:
+            raise UnknownStream(name) from None
+
+    async def declare_stream(self, spec: StreamSpec) -> None:
+        s = self._streams.get(spec.name)
+        if s is None:
+            self._streams[spec.name] = _Stream(spec, [[] for _ in range(spec.partitions)],
+                                               [0] * spec.partitions)
+        elif s.spec.partitions != spec.partitions:
+            raise ConfigError(partition_change(s.spec, spec))
+        else:
+            s.spec = spec
+
+    async def stream_spec(self, stream: str) -> StreamSpec:
+        return self._stream(stream).spec
+
+    async def streams(self) -> list[StreamSpec]:
+        return [s.spec for s in self._streams.values()]
+
+    async def append(self, stream: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
+        s = self._stream(stream)
+        for m in messages:
+            if len(m.body) > s.spec.max_message_bytes:
+                raise MessageTooLarge(stream, len(m.body), s.spec.max_message_bytes)
+        now = self.clock.time()
+        out = []
+        for m in messages:
+            p = partition_of(m.key, s.spec.partitions, s.appended)
+            s.appended += 1
+            offset = s.next_offsets[p]
+            s.next_offsets[p] += 1
+            s.partitions[p].append(Record(partition=p, offset=offset, timestamp=now, key=m.key,
+                                          body=m.body, headers=dict(m.headers or {})))
+            out.append((p, offset))
+        for p, part in enumerate(s.partitions):  # retention
+            cut = bisect.bisect_left([r.timestamp for r in part], now - s.spec.retention_s)
+            if cut:
+                s.partitions[p] = part[cut:]
+        return out
+
+    async def read(self, stream: str, partition: int, offset: int = 0, max_records: int = 100, *,
+                   since: float | None = None) -> list[Record]:
+        s = self._stream(stream)
+        part = s.partitions[check_partition(s.spec, partition)]
+        start = bisect.bisect_left([r.offset for r in part], offset)
+        if since is not None:
+            start = max(start, bisect.bisect_left([r.timestamp for r in part], since))
+        return part[start:start + max(0, max_records)]
+
+    async def end_offsets(self, stream: str) -> list[int]:
+        return list(self._stream(stream).next_offsets)
 
     async def close(self) -> None:
         self._waker.close()  # a receive still waiting returns what it has: nothing

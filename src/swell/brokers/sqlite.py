@@ -33,14 +33,18 @@ from swell.brokers.base import (
     QueueSpec,
     QueueStats,
     Receipt,
+    Record,
+    StreamSpec,
     SubscriptionSpec,
     SubscriptionStats,
     TopicInfo,
     TopicSpec,
     check_sizes,
     dead_letter_headers,
+    partition_of,
     redrive_headers,
 )
+from swell.brokers.logs import check_partition, partition_change
 from swell.brokers.topics import Router, check_publish, route
 from swell.brokers.waiting import Waker
 from swell.core.clock import SYSTEM_CLOCK, Clock
@@ -48,8 +52,10 @@ from swell.core.errors import (
     BrokerError,
     BrokerUnavailable,
     ConfigError,
+    MessageTooLarge,
     SwellError,
     UnknownQueue,
+    UnknownStream,
     UnknownTopic,
 )
 
@@ -99,6 +105,28 @@ CREATE TABLE IF NOT EXISTS swell_topics (
     name TEXT PRIMARY KEY,
     spec BLOB NOT NULL,
     published INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS swell_streams (
+    name TEXT PRIMARY KEY,
+    spec BLOB NOT NULL,
+    appended INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS swell_log (
+    stream TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    key TEXT,
+    headers BLOB,
+    body BLOB NOT NULL,
+    PRIMARY KEY (stream, part, offset)
+);
+CREATE INDEX IF NOT EXISTS swell_log_time ON swell_log (stream, part, ts);
+CREATE TABLE IF NOT EXISTS swell_log_heads (
+    stream TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    next INTEGER NOT NULL,
+    PRIMARY KEY (stream, part)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS swell_subscriptions (
     topic TEXT NOT NULL,
@@ -177,6 +205,7 @@ class SqliteBroker:
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._published: dict[str, int] = {}
         self._counts_at = 0.0
+        self._trimmed_at: dict[str, float] = {}
         self._publishes: list[_Publish] = []
         self._publisher: asyncio.Future[None] | None = None
         self._kv = SqliteKV(self)
@@ -503,6 +532,94 @@ class SqliteBroker:
                               subscriptions=subs.get(name, []))
                     for name, raw, published in conn.execute(
                         "SELECT name, spec, published FROM swell_topics ORDER BY name")]
+
+        return await self._run(run)
+
+    # -- streams -----------------------------------------------------------------------------
+    def _stream(self, conn: sqlite3.Connection, stream: str) -> StreamSpec:
+        row = conn.execute("SELECT spec FROM swell_streams WHERE name = ?", (stream,)).fetchone()
+        if row is None:
+            raise UnknownStream(stream)
+        return msgspec.json.decode(row[0], type=StreamSpec)
+
+    async def declare_stream(self, spec: StreamSpec) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            try:
+                have = self._stream(conn, spec.name)
+            except UnknownStream:
+                have = None
+            if have is not None and have.partitions != spec.partitions:
+                raise ConfigError(partition_change(have, spec))
+            conn.execute("INSERT INTO swell_streams (name, spec) VALUES (?, ?) "
+                         "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
+                         (spec.name, msgspec.json.encode(spec)))
+
+        await self._run(lambda c: self._tx(c, run))
+
+    async def stream_spec(self, stream: str) -> StreamSpec:
+        return await self._run(self._stream, stream)
+
+    async def streams(self) -> list[StreamSpec]:
+        rows = await self._run(lambda c: c.execute(
+            "SELECT spec FROM swell_streams ORDER BY name").fetchall())
+        return [msgspec.json.decode(r[0], type=StreamSpec) for r in rows]
+
+    async def append(self, stream: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
+        return await self._run(lambda c: self._tx(c, self._append, stream, messages,
+                                                  self.clock.time()))
+
+    def _append(self, conn: sqlite3.Connection, stream: str, messages: Sequence[Message],
+                now: float) -> list[tuple[int, int]]:
+        spec = self._stream(conn, stream)
+        for m in messages:
+            if len(m.body) > spec.max_message_bytes:
+                raise MessageTooLarge(stream, len(m.body), spec.max_message_bytes)
+        (appended,) = conn.execute("UPDATE swell_streams SET appended = appended + ? WHERE name = ? "
+                                   "RETURNING appended - ?", (len(messages), stream, len(messages))
+                                   ).fetchone()
+        heads = dict(conn.execute("SELECT part, next FROM swell_log_heads WHERE stream = ?",
+                                  (stream,)).fetchall())
+        out, rows = [], []
+        for i, m in enumerate(messages):
+            p = partition_of(m.key, spec.partitions, appended + i)
+            offset = heads.get(p, 0)
+            heads[p] = offset + 1
+            rows.append((stream, p, offset, now, m.key, _enc_headers(m.headers), m.body))
+            out.append((p, offset))
+        conn.executemany("INSERT INTO swell_log (stream, part, offset, ts, key, headers, body) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany("INSERT INTO swell_log_heads (stream, part, next) VALUES (?, ?, ?) "
+                         "ON CONFLICT (stream, part) DO UPDATE SET next = excluded.next",
+                         [(stream, p, n) for p, n in heads.items()])
+        if now - self._trimmed_at.get(stream, 0.0) > min(60.0, spec.retention_s / 10):
+            self._trimmed_at[stream] = now
+            conn.execute("DELETE FROM swell_log WHERE stream = ? AND ts < ?",
+                         (stream, now - spec.retention_s))
+        return out
+
+    async def read(self, stream: str, partition: int, offset: int = 0, max_records: int = 100, *,
+                   since: float | None = None) -> list[Record]:
+        def run(conn: sqlite3.Connection) -> list[Record]:
+            check_partition(self._stream(conn, stream), partition)
+            start = offset
+            if since is not None:
+                (first,) = conn.execute("SELECT min(offset) FROM swell_log WHERE stream = ? AND "
+                                        "part = ? AND ts >= ?", (stream, partition, since)).fetchone()
+                start = max(start, first if first is not None else 2 ** 62)
+            rows = conn.execute("SELECT offset, ts, key, headers, body FROM swell_log WHERE "
+                                "stream = ? AND part = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                                (stream, partition, start, max(0, max_records))).fetchall()
+            return [Record(partition=partition, offset=o, timestamp=ts, key=k,
+                           headers=_dec_headers(h), body=b) for o, ts, k, h, b in rows]
+
+        return await self._run(run)
+
+    async def end_offsets(self, stream: str) -> list[int]:
+        def run(conn: sqlite3.Connection) -> list[int]:
+            spec = self._stream(conn, stream)
+            heads = dict(conn.execute("SELECT part, next FROM swell_log_heads WHERE stream = ?",
+                                      (stream,)).fetchall())
+            return [heads.get(p, 0) for p in range(spec.partitions)]
 
         return await self._run(run)
 

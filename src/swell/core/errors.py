@@ -13,6 +13,7 @@
         ├── BrokerUnavailable  the backend cannot be reached
         ├── UnknownQueue       a queue that was never declared
         ├── UnknownTopic       a topic that was never declared
+        ├── UnknownStream      a stream that was never declared
         ├── MessageTooLarge    a message over its queue's size limit (nothing is stored)
         └── StaleReceipt       a lease that is no longer held (expired or redelivered)
 
@@ -81,6 +82,14 @@ class UnknownTopic(BrokerError):
     def __init__(self, topic: str) -> None:
         super().__init__(f"unknown topic {topic!r} (declare it with app.topic({topic!r}))")
         self.topic = topic
+
+
+class UnknownStream(BrokerError):
+    """A stream that was never declared."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"unknown stream {stream!r} (declare it with app.stream({stream!r}))")
+        self.stream = stream
 
 
 class MessageTooLarge(BrokerError):
