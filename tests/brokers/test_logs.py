@@ -88,6 +88,11 @@ async def test_end_offsets_are_where_a_reader_that_read_everything_stands(broker
     p = partition_of("k1", 3, 0)
     (new,) = await broker.read("s", p, ends[p], 10)
     assert new.headers["n"] == "99"
+    lags = await broker.lag("s", ends)
+    assert lags == [1 if q == p else 0 for q in range(3)]
+    everything = await broker.lag("s", [0, 0, 0])
+    assert sum(everything) == 31
+    assert everything == [len(await read_all(broker, "s", q)) for q in range(3)]
 
 
 async def test_read_from_a_time(broker: Broker, timing: Timing) -> None:

@@ -295,6 +295,10 @@ class Broker(Protocol):
         """Per partition, the offset the next record will have at least (the head): a consumer
         whose next offset is this has read everything."""
 
+    async def lag(self, stream: str, offsets: Sequence[int]) -> list[int]:
+        """Per partition, how many records are kept at or after ``offsets[partition]`` (what a
+        consumer standing there has still to read)."""
+
     @property
     def kv(self) -> KV:
         """The backend's kv store."""

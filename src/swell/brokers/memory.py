@@ -404,6 +404,11 @@ class MemoryBroker:
     async def end_offsets(self, stream: str) -> list[int]:
         return list(self._stream(stream).next_offsets)
 
+    async def lag(self, stream: str, offsets: Sequence[int]) -> list[int]:
+        s = self._stream(stream)
+        return [len(part) - bisect.bisect_left([r.offset for r in part], offset)
+                for part, offset in zip(s.partitions, offsets, strict=True)]
+
     async def close(self) -> None:
         self._waker.close()  # a receive still waiting returns what it has: nothing
 

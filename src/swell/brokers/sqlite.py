@@ -623,6 +623,18 @@ class SqliteBroker:
 
         return await self._run(run)
 
+    async def lag(self, stream: str, offsets: Sequence[int]) -> list[int]:
+        def run(conn: sqlite3.Connection) -> list[int]:
+            spec = self._stream(conn, stream)
+            if len(offsets) != spec.partitions:
+                raise ConfigError(f"stream {stream!r} has {spec.partitions} partitions, not "
+                                  f"{len(offsets)}")
+            return [conn.execute("SELECT count(*) FROM swell_log WHERE stream = ? AND part = ? AND "
+                                 "offset >= ?", (stream, p, o)).fetchone()[0]
+                    for p, o in enumerate(offsets)]
+
+        return await self._run(run)
+
     # -- receive -----------------------------------------------------------------------------
     async def receive(self, queue: str, max_messages: int, visibility_timeout_s: float | None = None,
                       wait_s: float = 0.0) -> list[Delivery]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from swell.brokers.base import KiB, QueueSpec, SubscriptionSpec, TopicSpec
+from swell.brokers.base import KiB, QueueSpec, StreamSpec, SubscriptionSpec, TopicSpec
 from swell.core.config import Duration, seconds
 from swell.core.errors import AppError
 from swell.core.patterns import Pattern, SubjectPattern
@@ -93,6 +93,50 @@ class Topic:
 
 
 @dataclass(frozen=True, slots=True)
+class Group:
+    """A consumer group of a stream: pass it to ``@app.function``. Each partition is worked by
+    one instance at a time, in order; offsets are committed every ``checkpoint_every`` events or
+    ``checkpoint_interval`` seconds, whichever comes first; an event that keeps failing goes to
+    the group's dead-letter queue (``dead_letter``) and the partition moves on."""
+
+    stream: StreamSpec
+    name: str
+    checkpoint_every: int
+    checkpoint_interval_s: float
+    dead_letter: QueueSpec
+
+    @property
+    def key(self) -> str:
+        return f"{self.stream.name}/{self.name}"
+
+
+class Stream:
+    """A declared stream: ``app.stream("clicks", partitions=8)``; ``clicks.group("analytics")``."""
+
+    def __init__(self, app: App, spec: StreamSpec) -> None:
+        self.app = app
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return f"Stream({self.name!r}, partitions={self.spec.partitions})"
+
+    def group(self, name: str, *, checkpoint_every: int = 100,
+              checkpoint_interval: Duration = 1.0) -> Group:
+        _check_name("group", name)
+        if checkpoint_every < 1:
+            raise AppError(f"group {name!r}: checkpoint_every must be at least 1")
+        dlq = QueueSpec(name=f"{self.name}.{name}.dlq", max_receives=0, is_dead_letter=True,
+                        max_message_bytes=self.spec.max_message_bytes + 16 * KiB)
+        self.app.queues.setdefault(dlq.name, Queue(dlq))
+        return Group(self.spec, name, checkpoint_every,
+                     seconds(checkpoint_interval, name="checkpoint_interval"), dlq)
+
+
+@dataclass(frozen=True, slots=True)
 class Function:
     """A handler with its trigger and policies."""
 
@@ -107,6 +151,9 @@ class Function:
     min_instances: int = 0
     rate_limit: RateLimit | None = None
     limiters: tuple[str, ...] = ()
+    group: Group | None = None
+    """For a function on a stream's consumer group (its ``queue`` is then the group's dead-letter
+    queue)."""
 
     def controller(self) -> Controller:
         """A fresh controller for one runtime (controllers keep state)."""
@@ -124,6 +171,7 @@ class App:
         self.name = name
         self.queues: dict[str, Queue] = {}
         self.topics: dict[str, Topic] = {}
+        self.streams: dict[str, Stream] = {}
         self.subscriptions: dict[str, Subscription] = {}
         """By the name of their queue."""
         self.functions: dict[str, Function] = {}
@@ -160,6 +208,24 @@ class App:
             return existing
         topic = self.topics[name] = Topic(self, spec)
         return topic
+
+    def stream(self, name: str, *, partitions: int = 8, retention: Duration = "7d",
+               max_message_bytes: int = 256 * KiB) -> Stream:
+        """Declare a partitioned stream: an event's partition is a stable hash of its ``key``;
+        order holds per partition; events older than ``retention`` may be dropped."""
+        _check_name("stream", name)
+        if partitions < 1:
+            raise AppError(f"stream {name!r}: partitions must be at least 1")
+        spec = StreamSpec(name=name, partitions=partitions,
+                          retention_s=seconds(retention, name="retention"),
+                          max_message_bytes=max_message_bytes)
+        existing = self.streams.get(name)
+        if existing is not None:
+            if existing.spec != spec:
+                raise AppError(f"stream {name!r} is declared twice with different settings")
+            return existing
+        stream = self.streams[name] = Stream(self, spec)
+        return stream
 
     async def publish(self, topic: Topic | str, data: Any, *, subject: str | None = None,
                       attributes: Mapping[str, Any] | None = None, broker: str | None = None,
@@ -213,7 +279,7 @@ class App:
         q = self.queues[name] = Queue(spec)
         return q
 
-    def function(self, trigger: Queue | str, *, concurrency: int | Controller | None = None,
+    def function(self, trigger: Queue | Group | str, *, concurrency: int | Controller | None = None,
                  retry: Retry | None = None, timeout: Duration | None = None,
                  mode: Mode = "inline", min_instances: int = 0,
                  rate_limit: RateLimit | str | None = None,
@@ -228,7 +294,8 @@ class App:
         handler running past ``timeout`` counts as failed. ``rate_limit`` caps this function's
         calls per second; ``limiters`` names limiters shared with other functions.
         """
-        queue = self._trigger(trigger)
+        group = trigger if isinstance(trigger, Group) else None
+        queue = self._trigger(trigger.dead_letter.name if isinstance(trigger, Group) else trigger)
         controller = _controller(concurrency)
         if mode not in ("inline", "process"):
             raise AppError(f"mode must be 'inline' or 'process', not {mode!r}")
@@ -247,7 +314,7 @@ class App:
                 raise AppError(f"function {fname!r} is declared twice")
             self.functions[fname] = Function(fname, queue, Handler.inspect(fn), controller,
                                              retry or Retry(), timeout_s, mode, min_instances,
-                                             limit, names)
+                                             limit, names, group)
             return fn
 
         return register
@@ -275,6 +342,8 @@ async def declare(app: App, broker: Broker) -> None:
     for q in app.queues.values():
         if q.name not in app.subscriptions:
             await broker.declare_queue(q.spec)
+    for stream in app.streams.values():
+        await broker.declare_stream(stream.spec)
 
 
 def _controller(concurrency: int | Controller | None) -> Controller:

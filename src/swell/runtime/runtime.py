@@ -37,8 +37,10 @@ from swell.runtime.cluster import (
 )
 from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import Executor, InlineExecutor
+from swell.runtime.groups import GroupDispatcher
 from swell.runtime.producer import Producer
 from swell.scaling.base import Controller, Decision
+from swell.scaling.hotkeys import HotKey
 from swell.scaling.limiters import SharedLimiter, TokenBucket
 from swell.scaling.signals import Observation, Sampler, SignalHistory, Signals
 
@@ -53,7 +55,7 @@ class FunctionState:
     """What the runtime knows of one running function."""
 
     fn: Function
-    dispatcher: Dispatcher
+    dispatcher: Dispatcher | GroupDispatcher
     controller: Controller
     sampler: Sampler = field(default_factory=Sampler)
     history: SignalHistory = field(default_factory=SignalHistory)
@@ -95,6 +97,11 @@ class FunctionStatus(msgspec.Struct, kw_only=True):
     signals: dict[str, Any]
     """The global signals the decision was made on."""
     obs: Observation
+    partitions: list[int] = []
+    """A group's partitions this node works."""
+    lags: list[int] = []
+    """A group's lag per partition."""
+    hot_keys: list[HotKey] = []
     succeeded: int
     dead_lettered: int
     at: float
@@ -125,7 +132,7 @@ class Runtime:
         self._scaler: asyncio.Task[None] | None = None
 
     @property
-    def dispatchers(self) -> dict[str, Dispatcher]:
+    def dispatchers(self) -> dict[str, Dispatcher | GroupDispatcher]:
         return {name: st.dispatcher for name, st in self.functions.items()}
 
     async def declare(self) -> None:
@@ -139,7 +146,10 @@ class Runtime:
             return ProcessExecutor(fn, self.producer, controller.max_units, fn.min_instances)
         return InlineExecutor(fn, self.producer, controller.max_units)
 
-    def _dispatcher(self, fn: Function, controller: Controller) -> Dispatcher:
+    def _dispatcher(self, fn: Function, controller: Controller) -> Dispatcher | GroupDispatcher:
+        if fn.group is not None:
+            return GroupDispatcher(fn, self.broker, self.producer, self.clock,
+                                   self._executor(fn, controller), self.node)
         shared = tuple(self._shared.setdefault(
             n, SharedLimiter(self.app.limiters[n], self.broker.kv, self.clock)) for n in fn.limiters)
         bucket = None if fn.rate_limit is None else TokenBucket(fn.rate_limit, self.clock)
@@ -179,11 +189,7 @@ class Runtime:
         share of the leader's decision, publish the status and the heartbeat."""
         peers = await self._peers()
         for st in self.functions.values():
-            try:
-                stats = await self.broker.stats(st.fn.queue.name)
-                depth, delayed, age = stats.depth, stats.delayed, stats.oldest_age_s
-            except SwellError:
-                depth, delayed, age = None, 0, None  # no data: controllers hold
+            depth, delayed, age = await self._backlog(st)
             own = st.dispatcher.observe(self.clock.monotonic(), depth, delayed, age)
             fn_peers = peers.get(st.fn.name, {})
             s = st.sampler.observe(st.view.merge(own, {n: p.obs for n, p in fn_peers.items()}))
@@ -193,11 +199,27 @@ class Runtime:
             await self._publish_status(st, s, own)
         await self._heartbeat()
 
+    async def _backlog(self, st: FunctionState) -> tuple[int | None, int, float | None]:
+        """(depth, delayed, age of the oldest) of a function's work; a group's depth is its lag.
+        ``None`` depth: no data (controllers hold)."""
+        if isinstance(st.dispatcher, GroupDispatcher):
+            return await st.dispatcher.lag(), 0, None
+        try:
+            stats = await self.broker.stats(st.fn.queue.name)
+        except SwellError:
+            return None, 0, None
+        return stats.depth, stats.delayed, stats.oldest_age_s
+
     async def _apply(self, st: FunctionState, peers: dict[str, FunctionStatus]) -> None:
         """Take this node's share of the function's decision (and of its warm floor): its own
         controller's if it leads the function, else the leader's latest."""
         nodes = sorted({self.node, *peers})
         rank, st.nodes = nodes.index(self.node), len(nodes)
+        group = st.fn.group
+        if group is not None and st.decision.desired > group.stream.partitions:
+            # a partition is worked by one instance at a time: more would only wait
+            st.decision = Decision(group.stream.partitions, f"{st.decision.reason} "
+                                   f"(capped at {group.stream.partitions} partitions)")
         st.leader = leader(nodes, st.fn.name)
         led = peers.get(st.leader)
         if led is not None:
@@ -208,9 +230,17 @@ class Runtime:
         st.applied = st.decision.desired
         st.share = share(st.decision.desired, rank, st.nodes, st.fn.name)
         floor = share(st.fn.min_instances, rank, st.nodes, st.fn.name)
+        d = st.dispatcher
+        if isinstance(d, GroupDispatcher):
+            await d.set_limit(max(st.share, floor))
+            try:
+                await d.rebalance(nodes, leads=st.leader == self.node)
+            except SwellError as exc:
+                log.warning("%s: rebalance failed: %s", st.fn.name, exc)
+            return
         # from zero, every node waits for the first event; above zero, only the shares work
-        st.dispatcher.activator = st.decision.desired == 0
-        await st.dispatcher.set_limit(max(st.share, floor))
+        d.activator = st.decision.desired == 0
+        await d.set_limit(max(st.share, floor))
 
     async def _peers(self) -> dict[str, dict[str, FunctionStatus]]:
         """The other live nodes' latest status per function: ``{function: {node: status}}``. If
@@ -244,6 +274,10 @@ class Runtime:
             reason=st.decision.reason, signals=_asdict(s),
             obs=for_publishing(own), succeeded=m.succeeded, dead_lettered=m.dead_lettered,
             at=self.clock.time())
+        if isinstance(st.dispatcher, GroupDispatcher):
+            g = st.dispatcher
+            status = msgspec.structs.replace(status, partitions=g.partitions, lags=g.lags,
+                                             hot_keys=g.hot.top(None, 5))
         await self.broker.kv.put(self._key(STATUS_PREFIX, st.fn.name), msgspec.json.encode(status),
                                  ttl_s=self._ttl_s)
 

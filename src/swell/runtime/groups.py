@@ -1,0 +1,415 @@
+"""Consumer groups: the partitions of a stream worked in order, each by one instance at a time,
+with checkpoints, a sticky assignment among the nodes, and a gentle hand-over.
+
+Every tick the runtime gives the group the live nodes that run its function. The function's
+leader (see ``cluster``) computes the assignment — sticky: a partition stays where it is while its
+node lives and holds no more than its fair share; a node joins the assignment only once it has
+been seen for ``JOIN_AFTER_S``, so a flapping member causes no storm — and writes it to the kv
+store; every node reads it.
+
+A node works a partition only while it holds the partition's lease in the kv store (renewed each
+tick, ``LEASE_S`` long). A partition assigned elsewhere is handed over gently: its worker finishes
+the event in hand, commits, and gives the lease up; the new owner takes the lease only then (or
+when the old one's expires, if that node died) and starts from the committed offset. Offsets are
+committed every ``checkpoint_every`` events or ``checkpoint_interval`` seconds, so after a crash
+the group repeats at most what came after its last checkpoint, and never skips anything.
+
+Retries hold the partition (order per key is kept); an event that fails every attempt goes to the
+group's dead-letter queue and the partition moves on. The function's units bound how many
+partitions this node works at once; its controller sees the group's lag as its backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from swell.brokers.base import (
+    Broker,
+    Delivery,
+    Message,
+    Receipt,
+    Record,
+    dead_letter_headers,
+)
+from swell.brokers.logs import commit, committed
+from swell.core.clock import Clock
+from swell.core.errors import SwellError
+from swell.observe.metrics import FunctionMetrics
+from swell.runtime.app import Function, Group
+from swell.runtime.executor import Executor, Outcome
+from swell.runtime.producer import Producer
+from swell.scaling.hotkeys import HotKeys
+from swell.scaling.signals import Observation
+
+log = logging.getLogger("swell.groups")
+
+LEASE_S = 10.0
+LEASE_MARGIN_S = 2.0  # stop working a partition this long before its lease could have run out
+JOIN_AFTER_S = 1.0
+READ_BATCH = 100
+POLL_MIN_S = 0.005
+POLL_MAX_S = 0.2
+REASON_FAILED = "handler failed"
+REASON_INVALID = "invalid payload"
+REASON_MALFORMED = "malformed event"
+
+
+class Assignment(msgspec.Struct):
+    owners: dict[int, str]
+
+
+def assign(partitions: int, nodes: list[str], previous: dict[int, str]) -> dict[int, str]:
+    """Partitions to nodes, moving as few as possible: a partition stays with its owner while the
+    owner is among ``nodes`` and holds no more than ``ceil(P/N)``; the rest go to the least loaded;
+    then the most loaded give to the least until loads differ by at most one."""
+    if not nodes:
+        return {}
+    quota = math.ceil(partitions / len(nodes))
+    load = dict.fromkeys(nodes, 0)
+    out: dict[int, str] = {}
+    for p in range(partitions):
+        owner = previous.get(p)
+        if owner in load and load[owner] < quota:
+            out[p] = owner
+            load[owner] += 1
+    for p in range(partitions):
+        if p not in out:
+            node = min(nodes, key=lambda n: (load[n], n))
+            out[p] = node
+            load[node] += 1
+    while True:
+        most = max(nodes, key=lambda n: (load[n], n))
+        least = min(nodes, key=lambda n: (load[n], n))
+        if load[most] - load[least] <= 1:
+            return out
+        p = max(q for q, n in out.items() if n == most)
+        out[p] = least
+        load[most] -= 1
+        load[least] += 1
+
+
+class _Units:
+    """A semaphore whose size can change: how many partitions may run a handler at once."""
+
+    def __init__(self) -> None:
+        self.limit = 0
+        self.busy = 0
+        self._changed = asyncio.Condition()
+
+    async def resize(self, limit: int) -> None:
+        async with self._changed:
+            self.limit = limit
+            self._changed.notify_all()
+
+    async def __aenter__(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.busy < self.limit)
+            self.busy += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._changed:
+            self.busy -= 1
+            self._changed.notify_all()
+
+
+@dataclass
+class _Partition:
+    p: int
+    position: int
+    revision: int
+    held_until: float
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: bool = False
+    pending: int = 0
+    committed_at: float = 0.0
+    task: asyncio.Task[None] | None = None
+
+
+class GroupDispatcher:
+    """Runs one function on a consumer group: the Dispatcher's counterpart for streams."""
+
+    def __init__(self, fn: Function, broker: Broker, producer: Producer, clock: Clock,
+                 executor: Executor, node: str) -> None:
+        assert fn.group is not None
+        self.fn = fn
+        self.group: Group = fn.group
+        self.broker = broker
+        self.producer = producer
+        self.clock = clock
+        self.executor = executor
+        self.node = node
+        self.metrics = FunctionMetrics()
+        self.limit = 0
+        self.activator = False  # the controller sees the lag every tick
+        self.hot = HotKeys(self.group.stream.partitions)
+        self.lags: list[int] = []
+        self._units = _Units()
+        self._owned: dict[int, _Partition] = {}
+        self._seen: dict[str, float] = {}
+        self._prefix = f"swell/groups/{self.group.key}/"
+        self._attempts = fn.retry.attempts or 5
+        self._stopping = False
+
+    # -- what the runtime calls ----------------------------------------------------------------
+    def start(self) -> None:
+        pass  # partitions start as the first rebalance assigns them
+
+    @property
+    def in_flight(self) -> int:
+        return self._units.busy
+
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions this node works now."""
+        return sorted(self._owned)
+
+    async def set_limit(self, units: int) -> None:
+        self.limit = max(0, min(units, self.group.stream.partitions))
+        await self.executor.scale_to(self.limit)
+        await self._units.resize(self.limit)
+
+    def poke(self) -> None:
+        pass
+
+    def observe(self, t: float, depth: int | None, delayed: int, oldest_age_s: float | None
+                ) -> Observation:
+        m, ex = self.metrics, self.executor
+        return Observation(
+            t=t, depth=depth, in_flight=self.in_flight, delayed=0, oldest_age_s=None,
+            finished=m.finished, attempts=m.attempts, errors=m.errors, throttles=m.throttles,
+            service_times_s=m.take_tick_times(), starting=ex.starting, ready=ex.ready(),
+            busy=self.in_flight, cold_starts=ex.cold_starts, current=self.limit, lag=depth)
+
+    async def lag(self) -> int | None:
+        """Events not yet done, over all partitions (this node's own positions are fresher than
+        the committed ones); ``None`` if the backend does not answer."""
+        stream = self.group.stream
+        try:
+            done = await committed(self.broker.kv, stream.name, self.group.name)
+            for p, part in self._owned.items():
+                done[p] = part.position
+            self.lags = await self.broker.lag(stream.name, [done.get(p, 0)
+                                                            for p in range(stream.partitions)])
+        except SwellError:
+            return None
+        return sum(self.lags)
+
+    async def rebalance(self, nodes: list[str], leads: bool) -> None:
+        """This tick's membership: renew leases, follow the assignment, take what is ours."""
+        await self._renew()
+        now = self.clock.time()
+        for n in nodes:
+            self._seen.setdefault(n, now)
+        self._seen = {n: t for n, t in self._seen.items() if n in nodes}
+        key = f"{self._prefix}assignment"
+        entry = await self.broker.kv.get(key)
+        current = {} if entry is None else msgspec.json.decode(entry.value, type=Assignment).owners
+        if leads:
+            members = sorted(n for n in nodes if now - self._seen[n] >= JOIN_AFTER_S or n == self.node)
+            wanted = assign(self.group.stream.partitions, members, current)
+            if wanted != current:
+                raw = msgspec.json.encode(Assignment(wanted))
+                done = (await self.broker.kv.put_if_absent(key, raw) if entry is None else
+                        await self.broker.kv.compare_and_set(key, raw, entry.revision))
+                if done is not None:
+                    log.info("%s: partitions assigned: %s", self.fn.name, _summary(wanted))
+                    current = wanted
+        mine = {p for p, n in current.items() if n == self.node}
+        for p, part in self._owned.items():
+            if p not in mine:
+                part.stop.set()  # hand over: finish the event in hand, commit, let go
+        for p in sorted(mine - set(self._owned)):
+            await self._take(p)
+
+    async def stop(self, grace_s: float) -> None:
+        self._stopping = True
+        for part in self._owned.values():
+            part.stop.set()
+        tasks = [p.task for p in self._owned.values() if p.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.executor.stop()
+
+    def hurry(self) -> None:
+        for part in self._owned.values():
+            part.stop.set()
+
+    # -- leases ------------------------------------------------------------------------------
+    def _lease_key(self, p: int) -> str:
+        return f"{self._prefix}owner/{p}"
+
+    async def _take(self, p: int) -> None:
+        """Take partition ``p``'s lease if it is free, and start working it from its checkpoint."""
+        if self._stopping:
+            return
+        try:
+            rev = await self.broker.kv.put_if_absent(self._lease_key(p), self.node.encode(),
+                                                     ttl_s=LEASE_S)
+            if rev is None:
+                return  # still held: the old owner is handing over (or died; its lease will end)
+            done = await committed(self.broker.kv, self.group.stream.name, self.group.name)
+        except SwellError as exc:
+            log.warning("%s: could not take partition %d: %s", self.fn.name, p, exc)
+            return
+        part = _Partition(p, done.get(p, 0), rev, self.clock.monotonic() + LEASE_S - LEASE_MARGIN_S,
+                          committed_at=self.clock.monotonic())
+        self._owned[p] = part
+        part.task = asyncio.create_task(self._work(part), name=f"{self.fn.name}:p{p}")
+        log.info("%s: working partition %d from offset %d", self.fn.name, p, part.position)
+
+    async def _renew(self) -> None:
+        for part in list(self._owned.values()):
+            if part.stop.is_set():
+                continue
+            try:
+                rev = await self.broker.kv.compare_and_set(
+                    self._lease_key(part.p), self.node.encode(), part.revision, ttl_s=LEASE_S)
+            except SwellError:
+                continue  # not renewed: the worker stops when its time runs out
+            if rev is None:
+                log.warning("%s: lost partition %d", self.fn.name, part.p)
+                part.lost = True
+                part.stop.set()
+            else:
+                part.revision = rev
+                part.held_until = self.clock.monotonic() + LEASE_S - LEASE_MARGIN_S
+
+    def _holds(self, part: _Partition) -> bool:
+        return not part.lost and self.clock.monotonic() < part.held_until
+
+    # -- work ----------------------------------------------------------------------------------
+    async def _work(self, part: _Partition) -> None:
+        stream = self.group.stream.name
+        idle = POLL_MIN_S
+        try:
+            while not part.stop.is_set() and self._holds(part):
+                try:
+                    records = await self.broker.read(stream, part.p, part.position, READ_BATCH)
+                except SwellError as exc:
+                    log.error("%s: reading partition %d failed: %s", self.fn.name, part.p, exc)
+                    records = []
+                    idle = POLL_MAX_S
+                if not records:
+                    await self._checkpoint(part, force=part.pending > 0)
+                    with suppress(TimeoutError):
+                        async with asyncio.timeout(idle):
+                            await part.stop.wait()
+                    idle = min(POLL_MAX_S, idle * 2)
+                    continue
+                idle = POLL_MIN_S
+                for r in records:
+                    if part.stop.is_set() or not self._holds(part):
+                        break
+                    async with self._units:
+                        await self._handle(part, r)
+                    part.position = r.offset + 1
+                    part.pending += 1
+                    self.hot.observe(part.p, r.key)
+                    await self._checkpoint(part)
+        finally:
+            await asyncio.shield(self._let_go(part))
+
+    async def _checkpoint(self, part: _Partition, *, force: bool = False) -> None:
+        now = self.clock.monotonic()
+        due = (part.pending >= self.group.checkpoint_every
+               or (part.pending and now - part.committed_at >= self.group.checkpoint_interval_s))
+        if not (force or due) or not self._holds(part):
+            return
+        try:
+            await commit(self.broker.kv, self.group.stream.name, self.group.name,
+                         {part.p: part.position})
+        except SwellError as exc:
+            log.warning("%s: checkpoint of partition %d failed: %s", self.fn.name, part.p, exc)
+            return
+        part.pending = 0
+        part.committed_at = now
+
+    async def _let_go(self, part: _Partition) -> None:
+        """Commit what was done (if the lease is still ours) and give the lease up."""
+        if self._holds(part):
+            await self._checkpoint(part, force=True)
+            with suppress(SwellError):
+                await self.broker.kv.delete(self._lease_key(part.p), part.revision)
+        if self._owned.get(part.p) is part:
+            del self._owned[part.p]
+        log.info("%s: let go of partition %d at offset %d", self.fn.name, part.p, part.position)
+
+    async def _handle(self, part: _Partition, r: Record) -> None:
+        """One event, with its retries: the partition waits for it."""
+        m = self.metrics
+        m.received += 1
+        receipt = Receipt(f"{self.group.key}#{part.p}", r.offset, 0)
+        first = self.clock.time()
+        attempt = 1
+        while True:
+            d = Delivery(receipt=receipt, body=r.body, headers=r.headers, receive_count=attempt,
+                         enqueued_at=r.timestamp, first_received_at=first)
+            out = await self._execute(d)
+            if out.kind in ("invalid", "malformed"):
+                await self._dead_letter(r, REASON_INVALID if out.kind == "invalid"
+                                        else REASON_MALFORMED, out.error or out.kind, attempt)
+                return
+            m.attempts += 1
+            if out.kind == "throttled":
+                m.throttles += 1
+                await self.clock.sleep(out.retry_after_s or 1.0)
+                continue  # a throttle is not an attempt
+            if out.kind != "crashed":
+                m.service(out.service_s)
+            if out.kind == "ok":
+                m.succeeded += 1
+                return
+            m.errors += 1
+            if attempt >= self._attempts or not self._holds(part):
+                if self._holds(part):
+                    await self._dead_letter(r, f"{REASON_FAILED} after {attempt} attempt(s)",
+                                            out.error or out.kind, attempt)
+                return
+            m.retried += 1
+            log.info("%s: partition %d offset %d attempt %d failed (%s); retrying", self.fn.name,
+                     part.p, r.offset, attempt, out.error)
+            await self.clock.sleep(self.fn.retry.delay_s(attempt))
+            attempt += 1
+
+    def _execute(self, d: Delivery) -> Any:
+        timeout = self.fn.timeout_s
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        return self.executor.execute(d, {"deadline": deadline, "producer": self.producer,
+                                         "extend": _no_extend})
+
+    async def _dead_letter(self, r: Record, reason: str, error: str, attempts: int) -> None:
+        self.metrics.dead_lettered += 1
+        log.warning("%s: partition %d offset %d dead-lettered (%s): %s", self.fn.name,
+                    r.partition, r.offset, reason, error)
+        headers = dead_letter_headers(r.headers, source=f"{self.group.key}#{r.partition}",
+                                      reason=reason, error=error, attempts=attempts,
+                                      at=self.clock.time())
+        headers["swell-offset"] = str(r.offset)
+        try:
+            await self.broker.send(self.group.dead_letter.name, [Message(body=r.body, headers=headers)])
+        except SwellError as exc:
+            log.error("%s: could not dead-letter offset %d: %s", self.fn.name, r.offset, exc)
+
+
+async def _no_extend(seconds: float) -> bool:
+    return True  # a partition's lease is renewed by the runtime, not per event
+
+
+def _summary(owners: dict[int, str]) -> str:
+    by: dict[str, list[int]] = {}
+    for p, n in sorted(owners.items()):
+        by.setdefault(n, []).append(p)
+    return "; ".join(f"{n}: {ps}" for n, ps in sorted(by.items()))
+
+
+__all__ = ["GroupDispatcher", "Outcome", "assign"]

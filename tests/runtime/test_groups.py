@@ -1,0 +1,139 @@
+"""Consumer groups in one process: every event once, in order per key; retries hold the partition;
+a poison event goes to the group's dead-letter queue; checkpoints; the sticky assignment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swell import App, Event, Retry, Runtime
+from swell.brokers.base import Message
+from swell.brokers.logs import committed
+from swell.runtime.groups import assign
+
+
+async def until(check: Any, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def events(n: int, keys: int) -> list[Message]:
+    from swell import Producer
+    from swell.brokers.memory import MemoryBroker
+
+    producer = Producer(MemoryBroker(), source="/t")
+    out = []
+    for i in range(n):
+        key = f"k{i % keys}"
+        e = producer.event("clicks", {"i": i, "key": key}, key=key)
+        out.append(Message(body=e.to_json(), key=key))
+    return out
+
+
+async def test_a_group_handles_every_event_once_in_order_per_key(tmp_path: Path) -> None:
+    app = App("g")
+    clicks = app.stream("clicks", partitions=4)
+    seen: list[tuple[str, int]] = []
+
+    @app.function(clicks.group("analytics", checkpoint_every=10), concurrency=4)
+    async def count(event: Event[dict[str, Any]]) -> None:
+        assert event.data is not None
+        seen.append((event.data["key"], event.data["i"]))
+
+    n = 1000
+    async with Runtime(app, f"sqlite:///{tmp_path / 's.db'}") as rt:
+        await rt.broker.append("clicks", events(n, 20))
+        await until(lambda: len(seen) >= n)
+        await asyncio.sleep(0.2)
+    assert len(seen) == n and len(set(seen)) == n
+    by_key: dict[str, list[int]] = {}
+    for key, i in seen:
+        by_key.setdefault(key, []).append(i)
+    assert all(xs == sorted(xs) for xs in by_key.values()), "order per key was lost"
+
+    async with Runtime(app, f"sqlite:///{tmp_path / 's.db'}") as rt:  # a graceful stop committed
+        done = await committed(rt.broker.kv, "clicks", "analytics")
+        assert done == dict(enumerate(await rt.broker.end_offsets("clicks")))
+        await asyncio.sleep(0.3)
+    assert len(seen) == n, "a restart after a graceful stop handled events again"
+
+
+async def test_retries_hold_the_partition_and_a_poison_event_is_dead_lettered() -> None:
+    app = App("g")
+    s = app.stream("s", partitions=1)
+    seen: list[int] = []
+    tries: Counter[int] = Counter()
+
+    @app.function(s.group("g"), retry=Retry(attempts=3, backoff=0.01, jitter=False))
+    async def h(data: dict[str, Any]) -> None:
+        tries[data["i"]] += 1
+        if data["i"] == 3 or (data["i"] == 5 and tries[5] < 2):
+            raise RuntimeError(f"boom {data['i']}")
+        seen.append(data["i"])
+
+    from swell.brokers.memory import MemoryBroker
+
+    async with Runtime(app, MemoryBroker()) as rt:
+        await rt.broker.append("s", events(8, 1))
+        await until(lambda: len(seen) == 7)
+        dlq = await rt.broker.peek("s.g.dlq")
+    assert seen == [0, 1, 2, 4, 5, 6, 7], "the partition did not wait for the retries"
+    assert tries[3] == 3 and tries[5] == 2
+    assert len(dlq) == 1 and dlq[0].headers["swell-offset"] == "3"
+    assert "after 3 attempt(s)" in dlq[0].headers["swell-dlq-reason"]
+
+
+@given(st.integers(1, 16), st.lists(st.sampled_from("abcdef"), min_size=1, max_size=6, unique=True),
+       st.data())
+def test_the_assignment_is_balanced_and_sticky(partitions: int, nodes: list[str],
+                                               data: st.DataObject) -> None:
+    first = assign(partitions, nodes, {})
+    loads = Counter(first.values())
+    assert sorted(first) == list(range(partitions))
+    assert max(loads.values()) - min(loads.get(n, 0) for n in nodes) <= 1
+    # one node joins, or one leaves: the others keep what they can
+    joined = [*nodes, "z"]
+    after = assign(partitions, joined, first)
+    moved = sum(1 for p in range(partitions) if after[p] != first[p])
+    assert moved <= -(-partitions // len(joined)), (first, after)
+    if len(nodes) > 1:
+        gone = data.draw(st.sampled_from(nodes))
+        left = [n for n in nodes if n != gone]
+        after = assign(partitions, left, first)
+        assert all(after[p] == first[p] for p in range(partitions) if first[p] != gone)
+
+
+@pytest.mark.parametrize("partitions", [8])
+async def test_two_runtimes_split_the_partitions(tmp_path: Path, partitions: int) -> None:
+    app = App("g")
+    s = app.stream("s", partitions=partitions)
+    seen: list[tuple[int, int]] = []
+
+    @app.function(s.group("g"), concurrency=8)
+    async def h(data: dict[str, Any]) -> None:
+        seen.append((data["i"], id(asyncio.current_task())))
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+
+    def owned(rt: Runtime) -> set[int]:
+        return set(rt.functions["h"].dispatcher.partitions)  # type: ignore[union-attr]
+
+    async with Runtime(app, url, tick_s=0.1) as a:
+        await a.broker.append("s", events(200, 40))
+        await until(lambda: len(owned(a)) == partitions)  # alone, it works them all
+        async with Runtime(app, url, tick_s=0.1) as b:
+            # b joins once it has been seen for a while; a hands half over
+            await until(lambda: len(owned(a)) == len(owned(b)) == partitions // 2)
+            assert not owned(a) & owned(b)
+            await a.broker.append("s", events(200, 40))
+            await until(lambda: len(seen) >= 400)
+    assert len(seen) == 400 and len({i for i, _ in seen}) == 200
