@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import NatsProcess, missing_server, nats_server_binary
+from servers import NatsCluster, NatsProcess, missing_server, nats_server_binary
 
 
 def _nats_binary() -> str:
@@ -42,3 +42,14 @@ def nats_servers(tmp_path: Path) -> Iterator[Callable[..., NatsProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A 3-node JetStream cluster of the test's own (fsync on every write), started and healthy;
+    stopped after the test. Its ``url`` names all three nodes."""
+    cluster = NatsCluster(_nats_binary(), tmp_path / "cluster").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

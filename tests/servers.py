@@ -131,3 +131,150 @@ class NatsProcess:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+def http_json(url: str, timeout_s: float = 1.0) -> dict[str, object] | None:
+    """The JSON a GET of ``url`` answers with status 200; ``None`` for anything else."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def distinct_free_ports(n: int) -> list[int]:
+    """``n`` free loopback ports, no two alike (``free_port`` may hand out one port twice)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+@dataclass
+class NatsNode:
+    """One server of a ``NatsCluster``: its ports and store stay the same across restarts."""
+
+    name: str
+    binary: str
+    store: Path
+    port: int
+    cluster_port: int
+    http_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def write_config(self, routes: list[int], cluster: str) -> Path:
+        route_urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes)
+        config = self.store / "server.conf"
+        # sync_interval always: a write is fsynced before the server acknowledges it, so a killed
+        # (or powered-off) node never comes back without what it confirmed
+        config.write_text(
+            f'server_name: "{self.name}"\n'
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'http: "127.0.0.1:{self.http_port}"\n'
+            f'jetstream {{\n  store_dir: "{self.store / "js"}"\n  sync_interval: always\n}}\n'
+            f'cluster {{\n  name: "{cluster}"\n  listen: "127.0.0.1:{self.cluster_port}"\n'
+            f"  routes: [{route_urls}]\n}}\n")
+        return config
+
+    def start(self) -> NatsNode:
+        """Start (or restart) the server; fail if it does not listen within 10 s."""
+        assert not self.running, f"{self.name} is running"
+        with open(self.store / "server.log", "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.store / "server.conf")],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        if not wait_for_port(self.port, self.proc):
+            tail = (self.store / "server.log").read_text(errors="replace")[-2000:]
+            self.kill()
+            pytest.fail(f"nats-server {self.name} did not start:\n{tail}", pytrace=False)
+        return self
+
+    def healthy(self) -> bool:
+        """Up, its JetStream current (``/healthz``), and it knows the cluster's meta leader."""
+        base = f"http://127.0.0.1:{self.http_port}"
+        if not self.running or http_json(f"{base}/healthz") is None:
+            return False
+        meta = (http_json(f"{base}/jsz") or {}).get("meta_cluster")
+        return isinstance(meta, dict) and bool(meta.get("leader"))
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the cluster, no flush of anything not yet on disk."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+class NatsCluster:
+    """A JetStream cluster of the tests' own: ``size`` nodes on loopback, each with its own client,
+    route and monitoring port and its own store, routed to one another. A node can be killed and
+    started again on the same ports and store."""
+
+    def __init__(self, binary: str, root: Path, size: int = 3, name: str = "swell-test") -> None:
+        ports = distinct_free_ports(3 * size)
+        self.nodes: list[NatsNode] = []
+        for i in range(size):
+            store = root / f"n{i}"
+            store.mkdir(parents=True, exist_ok=True)
+            port, cluster_port, http_port = ports[3 * i:3 * i + 3]
+            self.nodes.append(NatsNode(f"n{i}", binary, store, port, cluster_port, http_port))
+        routes = [n.cluster_port for n in self.nodes]
+        for node in self.nodes:
+            node.write_config(routes, name)
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated (the form ``NatsBroker`` takes)."""
+        return ",".join(n.url for n in self.nodes)
+
+    def node(self, name: str) -> NatsNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def start(self, timeout_s: float = 30.0) -> NatsCluster:
+        for node in self.nodes:
+            node.start()
+        self.wait_healthy(timeout_s)
+        return self
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        """Until every node is up and current (``/healthz``); fail after ``timeout_s``."""
+        until = time.monotonic() + timeout_s
+        while not all(n.healthy() for n in self.nodes):
+            if time.monotonic() > until:
+                sick = [n.name for n in self.nodes if not n.healthy()]
+                logs = "\n".join(f"--- {n.name}:\n" + (n.store / "server.log").read_text(
+                    errors="replace")[-1500:] for n in self.nodes if n.name in sick)
+                pytest.fail(f"NATS cluster not healthy after {timeout_s:g} s: {sick}\n{logs}",
+                            pytrace=False)
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from swell import Broker, Producer, QueueStats, open_broker
+from swell import Broker, Message, Producer, QueueStats, open_broker
 from swell.runtime.cluster import STATUS_PREFIX
 from swell.runtime.runtime import FunctionStatus
 
@@ -89,12 +89,13 @@ class Swell:
         self._broker: Broker | None = None
 
     # -- processes -------------------------------------------------------------------------------
-    def start(self, config: AppConfig, *, grace: str = "30s") -> subprocess.Popen[bytes]:
+    def start(self, config: AppConfig, *, grace: str = "30s",
+              app: Path = APP_FILE) -> subprocess.Popen[bytes]:
         log = self.dir / f"swell-{len(self.procs)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "swell", "run", str(APP_FILE), "--broker", self.url,
-                 "--grace", grace],
+                [sys.executable, "-m", "swell", "run", str(app), "--broker", self.url,
+                 "--grace", grace, "--metrics", "off"],
                 cwd=self.dir, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, **config.env(self.sink)})
         self.procs.append((proc, log))
@@ -144,6 +145,20 @@ class Swell:
         async def go(broker: Broker) -> None:
             producer = Producer(broker, source="/tests/processes")
             await producer.send_events(QUEUE, [producer.event(QUEUE, {"id": i}) for i in range(n)])
+
+        self._run(go)
+
+    def append(self, stream: str, n: int, keys: int, start: int = 0) -> None:
+        """Events ``{"i": start}`` .. to ``stream``, keyed ``k0`` .. ``k{keys-1}`` in turn."""
+        async def go(broker: Broker) -> None:
+            producer = Producer(broker, source="/tests/processes")
+            messages = []
+            for i in range(start, start + n):
+                key = f"k{i % keys}"
+                e = producer.event(stream, {"i": i}, key=key)
+                messages.append(Message(body=e.to_json(), key=key))
+            for k in range(0, len(messages), 500):
+                await broker.append(stream, messages[k:k + 500])
 
         self._run(go)
 
