@@ -268,6 +268,58 @@ async def topics(broker_url: str | None) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
 
+@main.command()
+@broker_option
+@command
+async def streams(broker_url: str | None) -> None:
+    """Streams, their partitions and groups: lag per partition, who works it, and hot keys."""
+    from swell.brokers.logs import CHECKPOINTS, committed
+    from swell.runtime.cluster import STATUS_PREFIX
+    from swell.runtime.runtime import FunctionStatus
+
+    async def go(broker: Broker) -> tuple[list[Any], list[FunctionStatus]]:
+        out = []
+        for spec in await broker.streams():
+            heads = await broker.lag(spec.name, [0] * spec.partitions)
+            prefix = f"{CHECKPOINTS}{spec.name}/"
+            groups = sorted({e.key[len(prefix):].split("/", 1)[0]
+                             for e in await broker.kv.scan(prefix)})
+            lags = {}
+            for g in groups:
+                done = await committed(broker.kv, spec.name, g)
+                lags[g] = await broker.lag(spec.name, [done.get(p, 0) for p in range(spec.partitions)])
+            out.append((spec, heads, lags))
+        statuses = [msgspec.json.decode(e.value, type=FunctionStatus)
+                    for e in await broker.kv.scan(STATUS_PREFIX)]
+        return out, [s for s in statuses if s.group]
+
+    rows, statuses = await _with_broker(broker_url, go)
+    if not rows:
+        console.print("no streams yet: declare one with app.stream(NAME) and run the app")
+        return
+    for spec, kept, lags in rows:
+        table = Table(title=f"{spec.name}: {spec.partitions} partitions, {sum(kept):,} events kept, "
+                            f"retention {_age(spec.retention_s)}", title_justify="left",
+                      header_style="bold")
+        table.add_column("partition", justify="right")
+        table.add_column("kept", justify="right")
+        for g in lags:
+            table.add_column(f"{g} lag", justify="right")
+            table.add_column(f"{g} node", justify="left")
+        owners = {(s.group, p): s.node for s in statuses for p in s.partitions}
+        for p in range(spec.partitions):
+            cells = [str(p), f"{kept[p]:,}"]
+            for g, lag in lags.items():
+                cells += [f"{lag[p]:,}", owners.get((f"{spec.name}/{g}", p), "-")]
+            table.add_row(*cells)
+        console.print(table)
+        hot = [k for s in statuses if s.group and s.group.startswith(f"{spec.name}/") for k in s.hot_keys]
+        if hot:
+            console.print("hot keys (recent rate): " + ", ".join(
+                f"{k.key} {k.rate_per_s:,.1f}/s ({k.share:.0%} of partition {k.partition})"
+                for k in sorted(hot, key=lambda k: -k.rate_per_s)[:5]), highlight=False)
+
+
 # -- status -----------------------------------------------------------------------------------
 def _f(x: float | None, fmt: str = "{:,.1f}") -> str:
     return "-" if x is None else fmt.format(x)
@@ -318,6 +370,15 @@ async def status(broker_url: str | None) -> None:
         console.print(f"[bold]{app}.{fn}[/] ({r.mode}, {r.controller}"
                       f"{f', {cold} cold starts' if cold else ''}): {r.desired} unit(s) — "
                       f"{r.reason}\n  [dim]on {len(nodes)} node(s): {split}[/]", highlight=False)
+        if r.group:
+            parts = "; ".join(f"{n.node} {n.partitions}" for n in nodes)
+            console.print(f"  group {r.group}: lag per partition {r.lags}; partitions: {parts}",
+                          highlight=False)
+            hot = sorted((k for n in nodes for k in n.hot_keys), key=lambda k: -k.rate_per_s)[:5]
+            if hot:
+                console.print("  hot keys: " + ", ".join(
+                    f"{k.key} {k.rate_per_s:,.1f}/s ({k.share:.0%} of partition {k.partition})"
+                    for k in hot), highlight=False)
 
 
 @main.command()

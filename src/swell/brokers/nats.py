@@ -110,6 +110,8 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
+    from swell.brokers.base import Record, StreamSpec
+    from swell.brokers.nats_logs import NatsLogs
     from swell.brokers.nats_topics import NatsTopics
 
 log = logging.getLogger(__name__)
@@ -400,6 +402,7 @@ class NatsBroker:
         self._leases: dict[tuple[str, int], _Lease] = {}
         self._firsts: dict[tuple[str, int], float] = {}
         self._pull_inboxes: list[_PullInbox] = []  # quiet ones, for the next pull
+        self._closed_fut: asyncio.Future[Any] | None = None  # done once closing (for waits)
         self._closing = asyncio.Event()
         self._closed = False
         self._kv = NatsKV(self)
@@ -543,12 +546,10 @@ class NatsBroker:
         if limit_s <= 0 or self._closing.is_set():
             return None
         getter = asyncio.ensure_future(box.get())
-        closing = asyncio.ensure_future(self._closing.wait())
         try:
-            await asyncio.wait((getter, closing), timeout=limit_s,
+            await asyncio.wait((getter, self._closing_future()), timeout=limit_s,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
-            closing.cancel()
             if not getter.done():
                 getter.cancel()
         if getter.done() and not getter.cancelled():
@@ -616,12 +617,9 @@ class NatsBroker:
             except Exception as exc:  # closed, or the buffer of a reconnecting client is full
                 raise BrokerUnavailable(f"NATS at {self.url} took no pull: {exc!r}") from exc
             if not self._closing.is_set():
-                closing = asyncio.ensure_future(self._closing.wait())
-                try:
-                    await asyncio.wait((ended, closing), timeout=wait_s + REQUEST_TIMEOUT_S,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    closing.cancel()
+                await asyncio.wait((ended, self._closing_future()),
+                                   timeout=wait_s + REQUEST_TIMEOUT_S,
+                                   return_when=asyncio.FIRST_COMPLETED)
             got, inbox.got = inbox.got, []
             for at, msg in got:
                 status = _status(msg)
@@ -643,6 +641,15 @@ class NatsBroker:
                     await inbox.sub.unsubscribe()
                 await self._nak_late(inbox.got)
         return out
+
+    def _closing_future(self) -> asyncio.Future[Any]:
+        """A future done once the broker closes, shared by the waits of the data path (so a wait
+        starts no task of its own to watch ``_closing``)."""
+        fut = self._closed_fut
+        if fut is None or fut.get_loop() is not asyncio.get_running_loop():
+            fut = asyncio.ensure_future(self._closing.wait())
+            self._closed_fut = fut
+        return fut
 
     async def _pull_inbox(self, nc: Client) -> _PullInbox:
         """A quiet pull inbox of ``nc``'s, or a new one."""
@@ -885,6 +892,38 @@ class NatsBroker:
 
     async def topics(self) -> list[TopicInfo]:
         return await self.topics_part.topics()
+
+    # -- streams (see nats_logs) -------------------------------------------------------------
+    @property
+    def logs_part(self) -> NatsLogs:
+        logs: NatsLogs | None = getattr(self, "_logs", None)  # made on first use
+        if logs is None:
+            from swell.brokers.nats_logs import NatsLogs
+
+            logs = self._logs = NatsLogs(self)
+        return logs
+
+    async def declare_stream(self, spec: StreamSpec) -> None:
+        await self.logs_part.declare(spec)
+
+    async def stream_spec(self, stream: str) -> StreamSpec:
+        return await self.logs_part.stream_spec(stream)
+
+    async def streams(self) -> list[StreamSpec]:
+        return await self.logs_part.streams()
+
+    async def append(self, stream: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
+        return await self.logs_part.append(stream, messages)
+
+    async def read(self, stream: str, partition: int, offset: int = 0, max_records: int = 100, *,
+                   since: float | None = None) -> list[Record]:
+        return await self.logs_part.read(stream, partition, offset, max_records, since=since)
+
+    async def end_offsets(self, stream: str) -> list[int]:
+        return await self.logs_part.end_offsets(stream)
+
+    async def lag(self, stream: str, offsets: Sequence[int]) -> list[int]:
+        return await self.logs_part.lag(stream, offsets)
 
     # -- send ------------------------------------------------------------------------------
     async def send(self, queue: str, messages: Sequence[Message]) -> list[bool]:

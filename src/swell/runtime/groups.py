@@ -45,7 +45,7 @@ from swell.observe.metrics import FunctionMetrics
 from swell.runtime.app import Function, Group
 from swell.runtime.executor import Executor, Outcome
 from swell.runtime.producer import Producer
-from swell.scaling.hotkeys import HotKeys
+from swell.scaling.hotkeys import HotKey, HotKeys
 from swell.scaling.signals import Observation
 
 log = logging.getLogger("swell.groups")
@@ -169,6 +169,12 @@ class GroupDispatcher:
     def partitions(self) -> list[int]:
         """The partitions this node works now."""
         return sorted(self._owned)
+
+    def hot_keys(self, k: int = 5) -> list[HotKey]:
+        """The keys with the highest recent rates in this node's partitions, each with its share
+        of its partition (a promotion blast on one key shows here)."""
+        found = [h for p in range(self.group.stream.partitions) for h in self.hot.top(p, k)]
+        return sorted(found, key=lambda h: -h.rate_per_s)[:k]
 
     async def set_limit(self, units: int) -> None:
         self.limit = max(0, min(units, self.group.stream.partitions))

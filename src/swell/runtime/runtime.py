@@ -97,6 +97,8 @@ class FunctionStatus(msgspec.Struct, kw_only=True):
     signals: dict[str, Any]
     """The global signals the decision was made on."""
     obs: Observation
+    group: str | None = None
+    """``stream/group`` for a function on a consumer group."""
     partitions: list[int] = []
     """A group's partitions this node works."""
     lags: list[int] = []
@@ -276,8 +278,8 @@ class Runtime:
             at=self.clock.time())
         if isinstance(st.dispatcher, GroupDispatcher):
             g = st.dispatcher
-            status = msgspec.structs.replace(status, partitions=g.partitions, lags=g.lags,
-                                             hot_keys=g.hot.top(None, 5))
+            status = msgspec.structs.replace(status, group=g.group.key, partitions=g.partitions,
+                                             lags=g.lags, hot_keys=g.hot_keys())
         await self.broker.kv.put(self._key(STATUS_PREFIX, st.fn.name), msgspec.json.encode(status),
                                  ttl_s=self._ttl_s)
 
