@@ -754,6 +754,8 @@ class NatsBroker:
         if existing is None:
             try:
                 existing = await self._api(f"STREAM.CREATE.{stream}", wanted)
+            except _ApiUnavailable:
+                raise  # the cluster is electing or catching up: try again, not a config error
             except _ApiError as exc:
                 existing = await self._stream_info(stream)  # made by another process just now?
                 if existing is None:
