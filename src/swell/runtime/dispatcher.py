@@ -37,6 +37,8 @@ RECEIVE_WAIT_S = 5.0
 # the most to lease at once: a backlog drained about 30 % faster at 500 than at 100 (fewer trips
 # to the broker) and no slower than at 1,000; at 1,000 events/s a receive gets one or two anyway
 MAX_BATCH = 500
+ACK_STALL_S = 0.25  # a batch of acks stored slower than this lets the next start beside it
+MAX_ACK_FLIGHTS = 8
 PREFETCH_S = 0.05  # lease ahead what free units can start within this long
 
 
@@ -333,9 +335,24 @@ class Dispatcher:
 
     # -- acks ----------------------------------------------------------------------------------
     async def _ack_loop(self) -> None:
+        """Store acks in batches: what finishes while a batch is being stored goes in the next.
+        A batch that takes longer than ``ACK_STALL_S`` (a connection that died under it) does
+        not hold the next ones up, which would leave finished events to their leases."""
+        flights: set[asyncio.Task[None]] = set()
         while not (self._stopping and not self._workers and not self._acks):
             await self._acks_ready.wait()
-            await self._flush_acks()
+            if flights:
+                await asyncio.wait(flights, timeout=ACK_STALL_S)
+                if len(flights) >= MAX_ACK_FLIGHTS:
+                    await asyncio.wait(flights, return_when=asyncio.FIRST_COMPLETED)
+                if not self._acks:
+                    continue
+            flight = asyncio.create_task(self._flush_acks(), name=f"{self.fn.name}:ack")
+            flights.add(flight)
+            flight.add_done_callback(flights.discard)
+            await asyncio.sleep(0)  # the flight takes its batch
+        if flights:
+            await asyncio.gather(*flights, return_exceptions=True)
 
     async def _flush_acks(self) -> None:
         self._acks_ready.clear()
