@@ -563,6 +563,13 @@ class NatsBroker:
     async def _publish_all(self, items: Sequence[tuple[str, bytes, dict[str, str]]]
                            ) -> list[dict[str, Any]]:
         """Publish in order, pipelined (one round trip for the lot), and wait for every ack."""
+        if len(items) == 1:  # one message (``swell send``, a paced producer): a plain request
+            subject, body, headers = items[0]
+            reply = await self._request(subject, body, headers or None)
+            single: dict[str, Any] = json.loads(reply.data)
+            if "error" in single:
+                raise _refusal(f"a publish on {subject}", single["error"])
+            return [single]
         nc = await self._client()
         loop = asyncio.get_running_loop()
         acks: list[dict[str, Any]] = []

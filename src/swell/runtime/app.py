@@ -4,7 +4,7 @@ Runtime does (``app.publish`` opens a broker of its own when no Runtime of the a
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -20,6 +20,7 @@ from swell.scaling.limiters import Limiter, RateLimit
 if TYPE_CHECKING:
     from swell.brokers.base import Broker
     from swell.runtime.producer import Producer
+    from swell.runtime.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -176,6 +177,9 @@ class App:
         """By the name of their queue."""
         self.functions: dict[str, Function] = {}
         self.limiters: dict[str, Limiter] = {}
+        self.services: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
+        """Background work that runs beside the functions while a Runtime runs (the outbox
+        relay, for one): each is started with the Runtime and cancelled when it stops."""
         self._producer: Producer | None = None  # a running Runtime's, else app.publish's own
         self._own: Broker | None = None
 

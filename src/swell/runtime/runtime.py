@@ -132,6 +132,7 @@ class Runtime:
         self._last_peers: dict[str, dict[str, FunctionStatus]] = {}
         self._stop = asyncio.Event()
         self._scaler: asyncio.Task[None] | None = None
+        self._services: list[asyncio.Task[None]] = []
 
     @property
     def dispatchers(self) -> dict[str, Dispatcher | GroupDispatcher]:
@@ -175,6 +176,8 @@ class Runtime:
             await self._publish_status(st, first, st.dispatcher.observe(first.t, None, 0, None))
         await self._heartbeat()
         self._scaler = asyncio.create_task(self._scale_loop(), name="swell:scaler")
+        self._services = [asyncio.create_task(service(self), name=f"swell:{service.__name__}")
+                          for service in self.app.services]
         log.info("running %d function(s) of %r as node %s", len(self.functions), self.app.name,
                  self.node)
 
@@ -303,6 +306,9 @@ class Runtime:
         if self._scaler is not None:
             self._scaler.cancel()
             await asyncio.gather(self._scaler, return_exceptions=True)
+        for task in self._services:
+            task.cancel()
+        await asyncio.gather(*self._services, return_exceptions=True)
         await asyncio.gather(*(st.dispatcher.stop(grace_s) for st in self.functions.values()))
         for key in [self._key(STATUS_PREFIX, name) for name in self.functions]:
             await _forget(self.broker, key)
