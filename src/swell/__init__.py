@@ -20,6 +20,8 @@ from swell.core.errors import (
     BrokerError,
     BrokerUnavailable,
     ConfigError,
+    IdempotencyConflict,
+    InProgress,
     MessageTooLarge,
     MissingDependency,
     PayloadError,
@@ -31,7 +33,8 @@ from swell.core.errors import (
 )
 from swell.core.event import Event
 from swell.core.patterns import Pattern, PatternError, SubjectPattern
-from swell.runtime.app import App, Function, Queue, Subscription, Topic
+from swell.idempotency import Idempotency
+from swell.runtime.app import App, Function, Group, Queue, Stream, Subscription, Topic
 from swell.runtime.context import Context
 from swell.runtime.producer import Producer
 from swell.runtime.retry import Retry
@@ -58,6 +61,10 @@ __all__ = [
     "Delivery",
     "Event",
     "Function",
+    "Group",
+    "Idempotency",
+    "IdempotencyConflict",
+    "InProgress",
     "Limiter",
     "ManualClock",
     "Message",
@@ -77,6 +84,7 @@ __all__ = [
     "Runtime",
     "Signals",
     "StaleReceipt",
+    "Stream",
     "SubjectPattern",
     "Subscription",
     "SubscriptionSpec",

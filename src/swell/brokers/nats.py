@@ -565,8 +565,8 @@ class NatsBroker:
         """Publish in order, pipelined (one round trip for the lot), and wait for every ack."""
         if len(items) == 1:  # one message (``swell send``, a paced producer): a plain request
             subject, body, headers = items[0]
-            reply = await self._request(subject, body, headers or None)
-            single: dict[str, Any] = json.loads(reply.data)
+            answer = await self._request(subject, body, headers or None)
+            single: dict[str, Any] = json.loads(answer.data)
             if "error" in single:
                 raise _refusal(f"a publish on {subject}", single["error"])
             return [single]

@@ -9,6 +9,8 @@
     ├── AppError               an app file/module that cannot be loaded, or is ill-formed
     ├── PayloadError           bytes that are not a valid event (bad JSON, bad envelope)
     ├── Throttled              raised by a handler when a downstream says "too many" (a 429)
+    │   └── InProgress         an idempotency key another attempt holds now
+    ├── IdempotencyConflict    an idempotency key reused for other content
     └── BrokerError            anything a backend refuses or cannot do
         ├── BrokerUnavailable  the backend cannot be reached
         ├── UnknownQueue       a queue that was never declared
@@ -58,6 +60,18 @@ class Throttled(SwellError):
     def __init__(self, retry_after: float = 1.0, message: str = "throttled") -> None:
         super().__init__(f"{message} (retry after {retry_after:g}s)")
         self.retry_after_s = max(0.0, float(retry_after))
+
+
+class IdempotencyConflict(SwellError):
+    """An idempotency key reused for other content: no retry can make it right."""
+
+
+class InProgress(Throttled):
+    """Another attempt holds this idempotency key now: try again later (not an error)."""
+
+    def __init__(self, key: str, retry_after: float = 1.0) -> None:
+        super().__init__(retry_after, f"idempotency key {key!r} is in progress elsewhere")
+        self.key = key
 
 
 class BrokerError(SwellError):

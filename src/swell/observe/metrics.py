@@ -19,6 +19,8 @@ class FunctionMetrics:
     errors: int = 0
     """Failed, timed-out and crashed attempts."""
     throttles: int = 0
+    duplicates: int = 0
+    """Events acked without running: their idempotency key was done already."""
     in_flight: int = 0
     service_times_s: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
     _tick_times: list[float] = field(default_factory=list)

@@ -12,6 +12,7 @@ from swell.brokers.base import KiB, QueueSpec, StreamSpec, SubscriptionSpec, Top
 from swell.core.config import Duration, seconds
 from swell.core.errors import AppError
 from swell.core.patterns import Pattern, SubjectPattern
+from swell.idempotency import Idempotency
 from swell.runtime.handler import Handler
 from swell.runtime.retry import Retry
 from swell.scaling.base import Controller
@@ -155,6 +156,7 @@ class Function:
     group: Group | None = None
     """For a function on a stream's consumer group (its ``queue`` is then the group's dead-letter
     queue)."""
+    idempotency: Idempotency | None = None
 
     def controller(self) -> Controller:
         """A fresh controller for one runtime (controllers keep state)."""
@@ -287,8 +289,8 @@ class App:
                  retry: Retry | None = None, timeout: Duration | None = None,
                  mode: Mode = "inline", min_instances: int = 0,
                  rate_limit: RateLimit | str | None = None,
-                 limiters: Sequence[Limiter | str] = (), name: str | None = None
-                 ) -> Callable[[F], F]:
+                 limiters: Sequence[Limiter | str] = (), name: str | None = None,
+                 idempotency: Idempotency | None = None) -> Callable[[F], F]:
         """Run the decorated handler for every event of ``trigger``.
 
         ``concurrency``: a controller (``Auto(...)``, the default, scales with the work) or a fixed
@@ -297,6 +299,7 @@ class App:
         (``retry``); a payload that fails validation goes to the dead-letter queue at once; a
         handler running past ``timeout`` counts as failed. ``rate_limit`` caps this function's
         calls per second; ``limiters`` names limiters shared with other functions.
+        ``idempotency``: run the handler once per idempotency key (see ``swell.Idempotency``).
         """
         group = trigger if isinstance(trigger, Group) else None
         queue = self._trigger(trigger.dead_letter.name if isinstance(trigger, Group) else trigger)
@@ -318,7 +321,7 @@ class App:
                 raise AppError(f"function {fname!r} is declared twice")
             self.functions[fname] = Function(fname, queue, Handler.inspect(fn), controller,
                                              retry or Retry(), timeout_s, mode, min_instances,
-                                             limit, names, group)
+                                             limit, names, group, idempotency)
             return fn
 
         return register

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from swell.brokers.base import Delivery
+from swell.core.errors import InProgress
 from swell.core.event import Event
+from swell.idempotency import Once
 
 if TYPE_CHECKING:
+    from swell.idempotency import IdempotencyStore
     from swell.runtime.producer import Producer
 
 T = TypeVar("T")
@@ -25,12 +29,13 @@ class Context:
     runs in a thread) gets a ``SyncContext``, whose ``publish`` and ``extend`` run when called.
     """
 
-    __slots__ = ("_delivery", "_extend", "_loop", "_producer", "attempt", "deadline", "event",
-                 "function")
+    __slots__ = ("_delivery", "_extend", "_idem", "_loop", "_producer", "attempt", "deadline",
+                 "event", "function")
 
     def __init__(self, *, event: Event[Any], delivery: Delivery, function: str,
                  deadline: float | None, producer: Producer,
-                 extend: Callable[[float], Coroutine[Any, Any, bool]]) -> None:
+                 extend: Callable[[float], Coroutine[Any, Any, bool]],
+                 idempotency: tuple[IdempotencyStore, float, dict[str, Any]] | None = None) -> None:
         self.event = event
         #: 1 on the first try, 2 on the first retry, ...
         self.attempt = delivery.receive_count
@@ -40,6 +45,7 @@ class Context:
         self._delivery = delivery
         self._producer = producer
         self._extend = extend
+        self._idem = idempotency
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -68,6 +74,48 @@ class Context:
         """Hold this event's lease for ``seconds`` from now; ``False`` if the lease was lost."""
         return await self._extend(seconds)
 
+    def idempotent(self, key: str) -> AbstractAsyncContextManager[Once]:
+        """A part of a handler done once per ``key`` (within this function)::
+
+            async with ctx.idempotent(f"charge-{order.id}") as once:
+                if not once.done:
+                    once.result = await payments.charge(order)
+
+        Another attempt holding the key now raises ``InProgress`` (the event comes back later,
+        not counted as a failure); the block raising forgets the key, so a retry runs it."""
+        return self._once(key)
+
+    @asynccontextmanager
+    async def _once(self, key: str) -> AsyncIterator[Once]:
+        from swell.idempotency import Busy, Done, IdempotencyStore, fingerprint
+
+        if self._idem is None:  # no function-level store: one for this function
+            self._idem = (IdempotencyStore(self._producer.broker.kv, self.function,
+                                           self._producer.clock.time), 30.0, {})
+        store, lease_s, _ = self._idem
+        scoped = f"block/{key}"
+        print_ = fingerprint(key)
+        begun = await store.begin(scoped, print_, lease_s)
+        if isinstance(begun, Busy):
+            raise InProgress(key)
+        if isinstance(begun, Done):
+            yield Once(True, begun.result)
+            return
+        once = Once(False)
+        try:
+            yield once
+        except BaseException:
+            await asyncio.shield(store.abandon(scoped, begun))
+            raise
+        await store.complete(scoped, begun, print_, once.result, 86400.0)
+
+    def skip_idempotency(self, reason: str) -> None:
+        """Do not record this event's idempotency key as done (a later duplicate runs again):
+        for a handler that decided its effect must be allowed again. The reason is logged."""
+        self.logger.warning("idempotency skipped: %s", reason)
+        if self._idem is not None:
+            self._idem[2]["skipped"] = reason
+
 
 class SyncContext(Context):
     """The Context of a plain ``def`` handler, which runs in a thread: ``publish`` and ``extend``
@@ -84,3 +132,16 @@ class SyncContext(Context):
 
     def extend(self, seconds: float) -> bool:  # type: ignore[override]
         return self._wait(self._extend(seconds))
+
+    @contextmanager
+    def idempotent(self, key: str) -> Iterator[Once]:  # type: ignore[override]
+        """``with ctx.idempotent(key) as once: if not once.done: ...`` (see ``Context``)."""
+        manager = self._once(key)
+        once = self._wait(manager.__aenter__())
+        try:
+            yield once
+        except BaseException as exc:
+            if not self._wait(manager.__aexit__(type(exc), exc, exc.__traceback__)):
+                raise
+        else:
+            self._wait(manager.__aexit__(None, None, None))

@@ -20,10 +20,12 @@ from typing import Any
 
 from swell.brokers.base import Broker, Delivery, QueueSpec, Receipt
 from swell.core.clock import Clock
-from swell.core.errors import SwellError
+from swell.core.errors import IdempotencyConflict, PayloadError, SwellError
+from swell.core.event import Event
+from swell.idempotency import Busy, Done, IdempotencyStore, fingerprint
 from swell.observe.metrics import FunctionMetrics
 from swell.runtime.app import Function
-from swell.runtime.executor import Executor, Outcome
+from swell.runtime.executor import Executor, Outcome, describe
 from swell.runtime.producer import Producer
 from swell.scaling.limiters import SharedLimiter, TokenBucket
 from swell.scaling.signals import Observation
@@ -65,6 +67,9 @@ class Dispatcher:
         self._queue = spec.name
         self._bucket = bucket
         self._shared = shared
+        self._idem = fn.idempotency
+        self._store = None if fn.idempotency is None else IdempotencyStore(
+            broker.kv, fn.name, clock.time)
         self._on_activate = on_activate
         self._buffer: deque[Delivery] = deque()
         # one task per busy unit; each works through the buffer, so an event costs no new task
@@ -277,20 +282,57 @@ class Dispatcher:
 
     async def _process(self, d: Delivery) -> None:
         self.metrics.received += 1
+        run = self._execute if self._idem is None else self._once
         if self._bucket is None and not self._shared:
-            outcome = await self._execute(d)  # no gates: spare the context manager per event
+            outcome = await run(d)  # no gates: spare the context manager per event
         else:
             async with self._gates():
-                outcome = await self._execute(d)
+                outcome = await run(d)
         await self._settle(d, outcome)
 
-    def _execute(self, d: Delivery) -> Coroutine[Any, Any, Outcome]:
+    def _execute(self, d: Delivery, state: dict[str, Any] | None = None
+                 ) -> Coroutine[Any, Any, Outcome]:
         """The executor's call for ``d``; its deadline starts now, once the gates have opened."""
         timeout = self.fn.timeout_s
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         extras: dict[str, Any] = {"deadline": deadline, "producer": self.producer,
                                   "extend": lambda s: self._extend(d.receipt, s)}
+        if self._store is not None:
+            extras["idempotency"] = (self._store, self._lease_s, state if state is not None else {})
         return self.executor.execute(d, extras)
+
+    async def _once(self, d: Delivery) -> Outcome:
+        """``_execute`` under the function's idempotency key (see ``swell.idempotency``)."""
+        assert self._idem is not None and self._store is not None
+        try:
+            event = Event.from_json(d.body)
+            key, print_ = self._idem.key_of(event), fingerprint(event.data)
+        except PayloadError as exc:
+            return Outcome("malformed", str(exc))
+        except IdempotencyConflict as exc:
+            return Outcome("invalid", str(exc))
+        except Exception as exc:  # the user's key function raised
+            return Outcome("failed", f"idempotency key: {describe(exc)}")
+        try:
+            begun = await self._store.begin(key, print_, self._lease_s)
+        except IdempotencyConflict as exc:
+            return Outcome("invalid", str(exc))
+        except SwellError as exc:  # fail closed: the handler does not run without its record
+            return Outcome("throttled", f"idempotency store unavailable: {exc}", 1.0)
+        if isinstance(begun, Done):
+            return Outcome("duplicate")
+        if isinstance(begun, Busy):
+            return Outcome("throttled", f"idempotency key {key!r} is in progress elsewhere", 1.0)
+        state: dict[str, Any] = {}
+        out = await self._execute(d, state)
+        try:
+            if out.kind == "ok" and "skipped" not in state:
+                await self._store.complete(key, begun, print_, out.result, self._idem.ttl_s)
+            else:
+                await self._store.abandon(key, begun)
+        except SwellError as exc:
+            log.warning("%s: idempotency key %r not recorded: %s", self.fn.name, key, exc)
+        return out
 
     async def _settle(self, d: Delivery, out: Outcome) -> None:
         m = self.metrics
@@ -298,6 +340,12 @@ class Dispatcher:
         if kind in ("invalid", "malformed"):
             reason = REASON_INVALID if kind == "invalid" else REASON_MALFORMED
             await self._dead_letter(d, reason, out.error or kind)
+            return
+        if kind == "duplicate":  # its key was done before: acked, not run
+            m.duplicates += 1
+            m.succeeded += 1
+            self._acks.append(d.receipt)
+            self._acks_ready.set()
             return
         m.attempts += 1
         if kind == "throttled":

@@ -23,7 +23,7 @@ from swell.runtime.app import Function
 from swell.runtime.context import Context, SyncContext
 from swell.runtime.producer import Producer
 
-Kind = Literal["ok", "failed", "invalid", "malformed", "throttled", "timeout", "crashed"]
+Kind = Literal["ok", "failed", "invalid", "malformed", "throttled", "timeout", "crashed", "duplicate"]
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -34,6 +34,8 @@ class Outcome(msgspec.Struct, frozen=True):
     error: str | None = None
     retry_after_s: float | None = None
     service_s: float = 0.0
+    result: Any = None
+    """What the handler returned (inline handlers), kept for an idempotency key."""
 
 
 def describe(exc: BaseException) -> str:
@@ -137,10 +139,10 @@ class InlineExecutor:
             call = asyncio.shield(thread)
         try:
             if deadline is None:
-                await call
+                result = await call
             else:
                 async with asyncio.timeout_at(deadline):
-                    await call
+                    result = await call
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -150,7 +152,7 @@ class InlineExecutor:
                 self._stuck += 1
                 thread.add_done_callback(self._unstick)
             return outcome_of(exc, self.fn.timeout_s, timed_out, loop.time() - started)
-        return Outcome("ok", service_s=loop.time() - started)
+        return Outcome("ok", service_s=loop.time() - started, result=result)
 
     async def stop(self) -> None:
         if self._threads is not None:
