@@ -133,7 +133,7 @@ async def test_a_key_reused_for_other_content_is_dead_lettered() -> None:
 async def test_when_the_store_fails_the_handler_does_not_run() -> None:
     effects: list[Any] = []
     broker = MemoryBroker()
-    real_get = broker.kv.get
+    real_get, real_put = broker.kv.get, broker.kv.put_if_absent
     broken = True
 
     async def get(key: str) -> Any:
@@ -141,7 +141,13 @@ async def test_when_the_store_fails_the_handler_does_not_run() -> None:
             raise BrokerUnavailable("kv down")
         return await real_get(key)
 
+    async def put_if_absent(key: str, value: bytes, ttl_s: float | None = None) -> Any:
+        if broken and key.startswith("swell/idem/"):
+            raise BrokerUnavailable("kv down")
+        return await real_put(key, value, ttl_s)
+
     broker.kv.get = get  # type: ignore[method-assign]
+    broker.kv.put_if_absent = put_if_absent  # type: ignore[method-assign]
     async with Runtime(orders_app(effects), broker) as rt:
         await rt.send("orders", {"order_id": "o-1"})
         await until(lambda: rt.functions["charge"].dispatcher.metrics.throttles >= 1)

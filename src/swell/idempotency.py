@@ -109,14 +109,14 @@ class IdempotencyStore:
         result) or ``Busy`` (another attempt runs it now). Raises ``IdempotencyConflict`` for a key
         reused with other content, and ``SwellError`` if the store fails."""
         k = self._key(key)
+        raw = msgspec.json.encode(_Record("in_progress", print_, None, self.now()))
         for _ in range(3):
+            rev = await self.kv.put_if_absent(k, raw, ttl_s=max(lease_s, 1.0))
+            if rev is not None:
+                return Started(rev)  # a new key (the common case): one write
             entry = await self.kv.get(k)
             if entry is None:
-                raw = msgspec.json.encode(_Record("in_progress", print_, None, self.now()))
-                rev = await self.kv.put_if_absent(k, raw, ttl_s=max(lease_s, 1.0))
-                if rev is not None:
-                    return Started(rev)
-                continue  # another attempt claimed it just now: look again
+                continue  # it expired or was cleared just now: try again
             rec = msgspec.json.decode(entry.value, type=_Record)
             if rec.fingerprint != print_:
                 raise IdempotencyConflict(f"idempotency key {key!r} was used before for other "

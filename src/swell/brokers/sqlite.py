@@ -207,6 +207,8 @@ class SqliteBroker:
         self._counts_at = 0.0
         self._trimmed_at: dict[str, float] = {}
         self._publishes: list[_Publish] = []
+        self._writes: list[_Write] = []
+        self._writer: asyncio.Future[None] | None = None
         self._publisher: asyncio.Future[None] | None = None
         self._kv = SqliteKV(self)
         self._orphan_releases: set[asyncio.Task[list[Receipt]]] = set()
@@ -263,6 +265,48 @@ class SqliteBroker:
                     pause = min(2 * pause, BUSY_MAX_PAUSE_S)
                     continue
                 raise BrokerError(f"SQLite error on {self.path!r}: {exc}") from exc
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a small write ``fn(conn, *args)`` in a transaction. Writes asked for while the
+        connection is busy share one transaction when it is free (each in a savepoint of its own,
+        so one that fails fails alone): concurrent small writes (kv) share a commit."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.append((fn, args, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_pending())
+        result: T = await done
+        return result
+
+    async def _write_pending(self) -> None:
+        while self._writes:
+            batch, self._writes = self._writes, []
+            try:
+                results = await self._run(self._tx, self._apply_writes, batch)
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, _, done), result in zip(batch, results, strict=True):
+                if done.done():
+                    continue
+                if isinstance(result, Exception):
+                    done.set_exception(result)
+                else:
+                    done.set_result(result)
+
+    @staticmethod
+    def _apply_writes(conn: sqlite3.Connection, batch: list[_Write]) -> list[Any]:
+        if len(batch) == 1:
+            fn, args, _ = batch[0]
+            return [fn(conn, *args)]
+        out: list[Any] = []
+        for fn, args, _ in batch:
+            conn.execute("SAVEPOINT write")
+            try:
+                out.append(fn(conn, *args))
+            except SwellError as exc:
+                conn.execute("ROLLBACK TO write")
+                out.append(exc)
+            conn.execute("RELEASE write")
+        return out
 
     def _tx(self, conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
         conn.execute("BEGIN IMMEDIATE")
@@ -863,6 +907,8 @@ class SqliteBroker:
         self._exec.shutdown(wait=True)
 
 
+#: a small write waiting for the connection: fn(conn, *args), and its caller's future
+_Write = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 #: a publish waiting for the connection: topic, messages, and its caller's future
 _Publish = tuple[str, Sequence[Message], "asyncio.Future[list[bool]]"]
 #: a stored publish: accepted per message, queues written, counts per subscription, its topic
@@ -994,12 +1040,12 @@ class SqliteKV:
         return await self._b._run(self._live, key)
 
     async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> int:
-        return await self._b._run(lambda c: self._b._tx(c, self._write, key, value, ttl_s))
+        return await self._b._write(self._write, key, value, ttl_s)
 
     async def put_if_absent(self, key: str, value: bytes, ttl_s: float | None = None) -> int | None:
         def run(conn: sqlite3.Connection) -> int | None:
             return None if self._live(conn, key) else self._write(conn, key, value, ttl_s)
-        return await self._b._run(lambda c: self._b._tx(c, run))
+        return await self._b._write(run)
 
     async def compare_and_set(self, key: str, value: bytes, revision: int,
                               ttl_s: float | None = None) -> int | None:
@@ -1008,7 +1054,7 @@ class SqliteKV:
             if e is None or e.revision != revision:
                 return None
             return self._write(conn, key, value, ttl_s)
-        return await self._b._run(lambda c: self._b._tx(c, run))
+        return await self._b._write(run)
 
     async def delete(self, key: str, revision: int | None = None) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
@@ -1017,7 +1063,7 @@ class SqliteKV:
                 return False
             conn.execute("DELETE FROM swell_kv WHERE key = ?", (key,))
             return True
-        return await self._b._run(lambda c: self._b._tx(c, run))
+        return await self._b._write(run)
 
     async def scan(self, prefix: str) -> list[KvEntry]:
         def run(conn: sqlite3.Connection) -> list[KvEntry]:
