@@ -487,10 +487,14 @@ def dlq() -> None:
 
 
 async def _dlq_name(broker: Broker, queue: str) -> str:
-    name = (await broker.queue_spec(queue)).dead_letter_queue
-    if name is None:
+    """The dead-letter queue of ``queue``; or ``queue`` itself if it is one (a consumer group's,
+    ``<stream>.<group>.dlq``, belongs to no queue)."""
+    spec = await broker.queue_spec(queue)
+    if spec.is_dead_letter:
+        return spec.name
+    if spec.dead_letter_queue is None:
         raise ConfigError(f"queue {queue!r} has no dead-letter queue")
-    return name
+    return spec.dead_letter_queue
 
 
 @dlq.command("list")
@@ -501,6 +505,7 @@ async def dlq_list(broker_url: str | None) -> None:
     async def go(broker: Broker) -> list[QueueStats]:
         specs = await broker.queues()
         names = [s.dead_letter_queue for s in specs if s.dead_letter_queue]
+        names += [s.name for s in specs if s.is_dead_letter and s.name not in names]
         return [await broker.stats(n) for n in names if n in {s.name for s in specs}]
 
     rows = await _with_broker(broker_url, go)
@@ -542,11 +547,190 @@ async def dlq_show(queue: str, limit: int, broker_url: str | None) -> None:
 async def dlq_redrive(queue: str, max_messages: int | None, broker_url: str | None) -> None:
     """Move QUEUE's dead-lettered messages back to QUEUE, receive counts reset."""
     async def go(broker: Broker) -> int:
-        await _dlq_name(broker, queue)
+        if await _dlq_name(broker, queue) == queue:
+            raise ConfigError(f"{queue!r} is a consumer group's dead-letter queue: there is no "
+                              "queue to move its events back to (look at them with swell dlq show, "
+                              "and run them again with swell replay)")
         return await broker.redrive(queue, max_messages)
 
     moved = await _with_broker(broker_url, go)
     console.print(f"redrove {moved:,} message(s) to {queue}")
+
+
+# -- saga -------------------------------------------------------------------------------------
+def _saga_states() -> list[str]:
+    from swell.sagas.log import SAGA_STATES
+
+    return list(SAGA_STATES)
+
+
+def _when(t: float, ms: bool = False) -> str:
+    out = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f" if ms else "%Y-%m-%d %H:%M:%S")
+    return out[:-3] if ms else out
+
+
+_STATE_STYLE = {"completed": "green", "compensated": "cyan", "needs_attention": "bold red",
+                "paused": "yellow", "compensating": "magenta", "failed": "red"}
+
+
+def _styled(state: str) -> str:
+    style = _STATE_STYLE.get(state)
+    return f"[{style}]{state}[/]" if style else state
+
+
+_by_option = click.option("--by", envvar="USER", default="unknown", show_default="$USER",
+                          help="Who does this (recorded in the saga's log).")
+
+
+@main.group()
+def saga() -> None:
+    """Sagas: list and show their logs; pause, resume, retry, skip or abort one (recorded)."""
+
+
+@saga.command("list")
+@click.option("--saga", "name", metavar="NAME", help="Only the sagas of this name.")
+@click.option("--state", type=click.Choice(_saga_states()), help="Only sagas in this state.")
+@click.option("--limit", default=50, show_default=True, help="Show at most this many rows.")
+@broker_option
+@command
+async def saga_list(name: str | None, state: str | None, limit: int, broker_url: str | None) -> None:
+    """Sagas, the most recently changed first: id, saga, state, step, updated."""
+    from collections import Counter
+
+    from swell.sagas import admin
+
+    rows = await _with_broker(broker_url, lambda b: admin.sagas(b.kv, saga=name, state=state))
+    if not rows:
+        console.print("no sagas" + (" match" if name or state else " yet: start one with "
+                                     "saga.start(...) in an app"))
+        return
+    counts = Counter(lg.state for lg in rows)
+    table = Table(title=f"sagas: {len(rows):,} (" + ", ".join(f"{n:,} {s}" for s, n in
+                                                            counts.most_common()) + ")",
+                  title_justify="left", header_style="bold")
+    for col in ("id", "saga", "state", "step", "updated"):
+        table.add_column(col, overflow="fold")
+    for lg in rows[:limit]:
+        table.add_row(lg.id, lg.saga, _styled(lg.state), lg.current_name() or "-", _when(lg.updated))
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"... and {len(rows) - limit:,} more (--limit)")
+
+
+@saga.command("show")
+@click.argument("ref", metavar="ID")
+@broker_option
+@command
+async def saga_show(ref: str, broker_url: str | None) -> None:
+    """One saga: its data, its steps and its whole log. ID is NAME/ID, or an ID only one saga has."""
+    import json
+
+    from swell.sagas import admin
+
+    lg = await _with_broker(broker_url, lambda b: admin.find(b.kv, ref))
+    console.print(f"[bold]saga {lg.saga}/{lg.id}[/]: {_styled(lg.state)}"
+                  + (f" at step {lg.current_name()}" if lg.current_name() else "")
+                  + (f" (paused while {lg.paused_from})" if lg.paused_from else "")
+                  + f"; started {_when(lg.created)}, updated {_when(lg.updated)}", highlight=False)
+    console.print(f"data: {json.dumps(lg.data)}", highlight=False, soft_wrap=True)
+    steps = Table(title="steps", title_justify="left", header_style="bold")
+    for col in ("step", "state", "runs", "failures", "lost", "result", "error", "compensation"):
+        steps.add_column(col, overflow="fold")
+    for st in lg.steps:
+        comp = (f"{st.comp_runs} run(s), {st.comp_failures} failure(s)" if st.comp_runs else "-") \
+            + (f": {st.comp_error}" if st.comp_error else "")
+        steps.add_row(st.name, _styled(st.state), str(st.runs), str(st.failures), str(st.lost),
+                      json.dumps(st.result) if st.has_result else "-", st.error or "", comp)
+    console.print(steps)
+    history = Table(title="log" + (f" ({lg.dropped:,} earlier entries dropped)" if lg.dropped else ""),
+                    title_justify="left", header_style="bold")
+    for col in ("time", "actor", "event", "step", "state", "reason"):
+        history.add_column(col, overflow="fold")
+    for e in lg.history:
+        history.add_row(_when(e.at, ms=True), e.actor, e.event, e.step or "", _styled(e.state),
+                        e.reason or "")
+    console.print(history)
+
+
+def _overridden(what: str, lg: Any) -> None:
+    step = lg.current_name()
+    console.print(f"{what} saga {lg.saga}/{lg.id}: now {lg.state}"
+                  + (f", at step {step}" if step else ""), highlight=False)
+
+
+@saga.command("pause")
+@click.argument("ref", metavar="ID")
+@_by_option
+@click.option("--reason", help="Why (recorded in the saga's log).")
+@broker_option
+@command
+async def saga_pause(ref: str, by: str, reason: str | None, broker_url: str | None) -> None:
+    """Run no further step of saga ID until it is resumed (a step being run finishes)."""
+    from swell.sagas import admin
+
+    _overridden("paused", await _with_broker(
+        broker_url, lambda b: admin.pause(b, ref, by=by, reason=reason)))
+
+
+@saga.command("resume")
+@click.argument("ref", metavar="ID")
+@_by_option
+@click.option("--reason", help="Why (recorded in the saga's log).")
+@broker_option
+@command
+async def saga_resume(ref: str, by: str, reason: str | None, broker_url: str | None) -> None:
+    """Go on with a paused saga (on an active one: send its next message again)."""
+    from swell.sagas import admin
+
+    _overridden("resumed", await _with_broker(
+        broker_url, lambda b: admin.resume(b, ref, by=by, reason=reason)))
+
+
+@saga.command("retry")
+@click.argument("ref", metavar="ID")
+@_by_option
+@click.option("--reason", help="Why (recorded in the saga's log).")
+@broker_option
+@command
+async def saga_retry(ref: str, by: str, reason: str | None, broker_url: str | None) -> None:
+    """Run the step (or compensation) where saga ID stands again now, its attempts from zero."""
+    from swell.sagas import admin
+
+    _overridden("retrying", await _with_broker(
+        broker_url, lambda b: admin.retry(b, ref, by=by, reason=reason)))
+
+
+@saga.command("skip")
+@click.argument("ref", metavar="ID")
+@_by_option
+@click.option("--reason", required=True, help="Why (recorded in the saga's log).")
+@click.option("--step", help="The step (default: where the saga stands).")
+@click.option("--result", "result_json", metavar="JSON",
+              help="Going forward: the step's result, for its compensation.")
+@broker_option
+@command
+async def saga_skip(ref: str, by: str, reason: str, step: str | None, result_json: str | None,
+                    broker_url: str | None) -> None:
+    """Mark a step of saga ID done (going forward) or compensated (compensating) by hand."""
+    from swell.sagas import admin
+
+    result = None if result_json is None else decode_json(result_json)
+    _overridden("skipped a step of", await _with_broker(
+        broker_url, lambda b: admin.skip(b, ref, by=by, reason=reason, step=step, result=result)))
+
+
+@saga.command("abort")
+@click.argument("ref", metavar="ID")
+@_by_option
+@click.option("--reason", required=True, help="Why (recorded in the saga's log).")
+@broker_option
+@command
+async def saga_abort(ref: str, by: str, reason: str, broker_url: str | None) -> None:
+    """Stop saga ID going forward and compensate what may have run, in reverse order."""
+    from swell.sagas import admin
+
+    _overridden("aborted", await _with_broker(
+        broker_url, lambda b: admin.abort(b, ref, by=by, reason=reason)))
 
 
 # -- demo -------------------------------------------------------------------------------------
