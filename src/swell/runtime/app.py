@@ -199,6 +199,20 @@ class App:
         self.limiters[name] = lim
         return lim
 
+    if TYPE_CHECKING:
+        from swell.sagas.saga import Saga
+
+    def saga(self, name: str, *, step_timeout: Duration = "30s", retry: Retry | None = None,
+             compensation_retry: Retry | None = None, visibility_timeout: Duration = 30.0,
+             concurrency: int | Controller | None = None, retention: Duration = "7d") -> Saga:
+        """Declare a saga: ordered steps, each an action and a compensation, run by the queue and
+        function ``saga.<name>`` that this declares (see ``swell.sagas.Saga``)."""
+        from swell.sagas.saga import Saga
+
+        return Saga(self, name, step_timeout=step_timeout, retry=retry,
+                    compensation_retry=compensation_retry, visibility_timeout=visibility_timeout,
+                    concurrency=concurrency, retention=retention)
+
     def topic(self, name: str, *, retention: Duration = "1d", max_message_bytes: int = 256 * KiB,
               dedup_window: Duration = 300.0) -> Topic:
         """Declare a topic: ``publish`` to it, and ``subscribe`` to it. ``retention`` is how long
@@ -243,6 +257,27 @@ class App:
         name = topic.name if isinstance(topic, Topic) else topic
         producer = self._producer or await self._open(broker)
         return await producer.publish(name, data, subject=subject, attributes=attributes, **attrs)
+
+    if TYPE_CHECKING:
+        from swell.outbox import Outbox
+
+    def outbox(self, connection: Any) -> Outbox:
+        """Events that go out only if ``connection``'s transaction commits (a sqlite3 or psycopg
+        connection): ``with app.outbox(conn) as outbox: outbox.publish("emails", {...})`` (or
+        ``async with``) writes them into its ``swell_outbox`` table; the relay publishes them.
+        Neither commits nor rolls back: the caller's transaction does (see ``swell.outbox``)."""
+        from swell.outbox import Outbox
+
+        return Outbox(self, connection)
+
+    def outbox_relay(self, connect: Callable[[], Any], *, interval: Duration = "100ms",
+                     batch: int = 100) -> None:
+        """Relay the outbox of the database ``connect()`` opens while a Runtime of this app runs
+        (``swell run``): unsent events in order, ``batch`` at a time, every ``interval``, each
+        with its event id as dedup id; failures are retried, nothing is skipped."""
+        from swell.outbox import relay_service
+
+        self.services.append(relay_service(self, connect, interval=interval, batch=batch))
 
     async def _open(self, url: str | None) -> Producer:
         from swell.brokers.url import open_broker
