@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from servers import NatsCluster, NatsProcess, missing_server, nats_server_binary
+from swellprocs import Swell
 
 
 def _nats_binary() -> str:
@@ -53,3 +54,14 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def swell(tmp_path: Path) -> Iterator[Swell]:
+    """``swell run`` processes on a SQLite file in ``tmp_path`` (see swellprocs.py); whatever is
+    still running is killed afterwards, and every process's log printed."""
+    s = Swell(tmp_path)
+    try:
+        yield s
+    finally:
+        s.cleanup()

@@ -12,19 +12,12 @@ from typing import Any
 
 import pytest
 
+from eventually import until
 from swell import App, Context, Event, Idempotency, IdempotencyConflict, Retry, Runtime
 from swell.brokers.memory import MemoryBroker
 from swell.core.clock import ManualClock
 from swell.core.errors import BrokerUnavailable
 from swell.idempotency import Busy, Done, IdempotencyStore, Started, fingerprint
-
-
-async def until(check: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
 
 # -- the store ----------------------------------------------------------------------------------
 
@@ -215,7 +208,8 @@ async def test_two_thousand_events_each_sent_twice_have_one_effect_each(tmp_path
         for batch in (orders, orders[::-1]):  # each twice, as two different events
             await producer.send_events("orders", [
                 producer.event("orders", {"order_id": o}) for o in batch])
-        await until(lambda: rt.functions["charge"].dispatcher.metrics.finished >= 2 * n, 120)
+        await until(lambda: rt.functions["charge"].dispatcher.metrics.finished >= 2 * n,
+                    "every delivery", 120)
         duplicates = rt.functions["charge"].dispatcher.metrics.duplicates
     lines = Counter(effect_file.read_text().split())
     lost = n - len(lines)

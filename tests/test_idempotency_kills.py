@@ -7,7 +7,6 @@ import random
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ APP = Path(__file__).parent / "apps_idem" / "ledger_app.py"
 CONFIG = AppConfig(visibility_s=2, max_receives=0, sleep_s=0, concurrency=8)
 
 
-@pytest.fixture
-def swell(tmp_path: Path) -> Iterator[Swell]:
-    s = Swell(tmp_path)
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 @pytest.mark.timeout(240)

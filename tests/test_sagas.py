@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import inspect
 import os
 import random
 import signal
@@ -19,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from eventually import until
 from swell import App, AppError, Broker, Context, PayloadError, Retry, Runtime
 from swell.brokers.memory import MemoryBroker
 from swell.brokers.sqlite import SqliteBroker
@@ -86,17 +86,6 @@ class Shop:
                 if sid == saga_id and (kind is None or k == kind)]
 
 
-async def until(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ok = check()
-        if inspect.isawaitable(ok):
-            ok = await ok
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def log_of(broker: Broker, saga_id: str) -> SagaLog:
@@ -570,13 +559,6 @@ def _expected(o: dict[str, Any]) -> str:
     return "needs_attention" if o.get("poison") else "compensated"
 
 
-@pytest.fixture
-def swell(tmp_path: Path) -> Iterator[Swell]:
-    s = Swell(tmp_path)
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 @pytest.mark.slow

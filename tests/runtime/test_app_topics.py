@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from eventually import until
 from swell import App, AppError, Context, Event, PatternError, PayloadError, Runtime
 from swell.brokers.memory import MemoryBroker
 
@@ -35,11 +36,6 @@ def shop() -> tuple[App, dict[str, list[Any]]]:
     return app, seen
 
 
-async def until(check: Any, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_functions_on_subscriptions_get_what_matches_them() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,6 @@ APP = Path(__file__).parent / "apps" / "stream_app.py"
 SLOW = AppConfig(visibility_s=30.0, max_receives=5, sleep_s=0.004, concurrency=8)
 
 
-@pytest.fixture
-def swell(tmp_path: Path) -> Iterator[Swell]:
-    s = Swell(tmp_path)
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 def lines(swell: Swell) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ a poison event goes to the group's dead-letter queue; checkpoints; the sticky as
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eventually import until
 from swell import App, Event, Retry, Runtime
 from swell.brokers.base import Message
 from swell.brokers.logs import committed
 from swell.runtime.groups import assign
-
-
-async def until(check: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def events(n: int, keys: int) -> list[Message]:

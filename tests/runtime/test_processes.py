@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,13 +19,6 @@ from swellprocs import EXIT_S, AppConfig, Swell, tally, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def swell(tmp_path: Path) -> Iterator[Swell]:
-    s = Swell(tmp_path)
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 QUEUE = "jobs"
 DLQ = "jobs.dlq"

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ import pytest
 from typing_extensions import TypedDict
 
 import swell
+from eventually import until
 from swell import App, AppError, Broker, ConfigError, Context, Event, Message, Retry, Runtime
 from swell.brokers.base import H_ATTEMPTS, H_ERROR, H_REASON, Delivery, Receipt
 from swell.brokers.memory import MemoryBroker
@@ -72,18 +73,6 @@ async def running(app: App, broker: Broker, grace_s: float = 5.0) -> AsyncIterat
         await rt.stop(grace_s)
 
 
-async def until(check: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 5.0) -> None:
-    """Wait until ``check()`` holds; fail naming ``what`` if it does not within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ok = check()
-        if inspect.isawaitable(ok):
-            ok = await ok
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def dead_letters(broker: Broker, queue: str, n: int = 1) -> list[Delivery]:
