@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,19 @@ APP = Path(__file__).parent / "apps" / "stream_app.py"
 SLOW = AppConfig(visibility_s=30.0, max_receives=5, sleep_s=0.004, concurrency=8)
 
 
+
+
+@pytest.fixture(params=["sqlite", "nats"])
+def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Swell]:
+    """``swell run`` processes on a SQLite file, or on a NATS server of the tests' own."""
+    url = None
+    if request.param == "nats":
+        url = f"{request.getfixturevalue('nats_server')}?namespace=g{uuid.uuid4().hex[:10]}"
+    s = Swell(tmp_path, url)
+    try:
+        yield s
+    finally:
+        s.cleanup()
 
 
 def lines(swell: Swell) -> list[dict[str, Any]]:
@@ -55,7 +70,8 @@ def overlaps(records: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
     return out
 
 
-def test_sigkill_mid_stream_then_restart_every_event_in_order_no_gap(swell: Swell) -> None:
+def test_sigkill_mid_stream_then_restart_every_event_in_order_no_gap(procs: Swell) -> None:
+    swell = procs
     n, keys = 2000, 50
     first = swell.start(SLOW, app=APP)
     swell.wait_ready(first)

@@ -4,6 +4,7 @@ a poison event goes to the group's dead-letter queue; checkpoints; the sticky as
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,17 @@ def events(n: int, keys: int) -> list[Message]:
     return out
 
 
-async def test_a_group_handles_every_event_once_in_order_per_key(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "nats"])
+def group_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker URL that two Runtimes in turn can open: a SQLite file, or a NATS server of the
+    tests' own with a namespace of this test's."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 's.db'}"
+    server: str = request.getfixturevalue("nats_server")
+    return f"{server}?namespace=g{uuid.uuid4().hex[:10]}"
+
+
+async def test_a_group_handles_every_event_once_in_order_per_key(group_url: str) -> None:
     app = App("g")
     clicks = app.stream("clicks", partitions=4)
     seen: list[tuple[str, int]] = []
@@ -43,7 +54,7 @@ async def test_a_group_handles_every_event_once_in_order_per_key(tmp_path: Path)
         seen.append((event.data["key"], event.data["i"]))
 
     n = 1000
-    async with Runtime(app, f"sqlite:///{tmp_path / 's.db'}") as rt:
+    async with Runtime(app, group_url) as rt:
         await rt.broker.append("clicks", events(n, 20))
         await until(lambda: len(seen) >= n)
         await asyncio.sleep(0.2)
@@ -53,7 +64,7 @@ async def test_a_group_handles_every_event_once_in_order_per_key(tmp_path: Path)
         by_key.setdefault(key, []).append(i)
     assert all(xs == sorted(xs) for xs in by_key.values()), "order per key was lost"
 
-    async with Runtime(app, f"sqlite:///{tmp_path / 's.db'}") as rt:  # a graceful stop committed
+    async with Runtime(app, group_url) as rt:  # a graceful stop committed
         done = await committed(rt.broker.kv, "clicks", "analytics")
         assert done == dict(enumerate(await rt.broker.end_offsets("clicks")))
         await asyncio.sleep(0.3)
