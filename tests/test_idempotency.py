@@ -225,3 +225,26 @@ def test_event_gets_the_envelope_for_the_key() -> None:
     e: Event[Any] = Event(type="t", source="/s", data={}, idempotencykey="abc")
     assert idem.key_of(e) == "abc"
     assert Idempotency().key_of(Event(type="t", source="/s", id="e-1")) == "e-1"
+
+
+async def test_a_consumer_group_function_honours_its_idempotency_key() -> None:
+    from swell.brokers.base import Message
+
+    app = App("group-idem")
+    s = app.stream("s", partitions=2)
+    effects: list[str] = []
+
+    @app.function(s.group("g"), idempotency=Idempotency(key=lambda e: e.data["order_id"]))
+    async def h(data: dict[str, str]) -> None:
+        effects.append(data["order_id"])
+
+    async with Runtime(app, MemoryBroker()) as rt:
+        from swell import Producer
+
+        producer = Producer(rt.broker, source="/t")
+        await rt.broker.append("s", [  # each order twice, as two events
+            Message(body=producer.event("s", {"order_id": f"o-{i % 5}"}, key=f"o-{i % 5}").to_json(),
+                    key=f"o-{i % 5}") for i in range(10)])
+        await until(lambda: rt.functions["h"].dispatcher.metrics.finished == 10, "every event")
+        assert rt.functions["h"].dispatcher.metrics.duplicates == 5
+    assert sorted(effects) == [f"o-{i}" for i in range(5)]

@@ -20,12 +20,11 @@ from typing import Any
 
 from swell.brokers.base import Broker, Delivery, QueueSpec, Receipt
 from swell.core.clock import Clock
-from swell.core.errors import IdempotencyConflict, PayloadError, SwellError
-from swell.core.event import Event
-from swell.idempotency import Busy, Done, IdempotencyStore, fingerprint
+from swell.core.errors import SwellError
+from swell.idempotency import IdempotencyStore
 from swell.observe.metrics import FunctionMetrics
 from swell.runtime.app import Function
-from swell.runtime.executor import Executor, Outcome, describe
+from swell.runtime.executor import Executor, Outcome, once
 from swell.runtime.producer import Producer
 from swell.scaling.limiters import SharedLimiter, TokenBucket
 from swell.scaling.signals import Observation
@@ -304,35 +303,8 @@ class Dispatcher:
     async def _once(self, d: Delivery) -> Outcome:
         """``_execute`` under the function's idempotency key (see ``swell.idempotency``)."""
         assert self._idem is not None and self._store is not None
-        try:
-            event = Event.from_json(d.body)
-            key, print_ = self._idem.key_of(event), fingerprint(event.data)
-        except PayloadError as exc:
-            return Outcome("malformed", str(exc))
-        except IdempotencyConflict as exc:
-            return Outcome("invalid", str(exc))
-        except Exception as exc:  # the user's key function raised
-            return Outcome("failed", f"idempotency key: {describe(exc)}")
-        try:
-            begun = await self._store.begin(key, print_, self._lease_s)
-        except IdempotencyConflict as exc:
-            return Outcome("invalid", str(exc))
-        except SwellError as exc:  # fail closed: the handler does not run without its record
-            return Outcome("throttled", f"idempotency store unavailable: {exc}", 1.0)
-        if isinstance(begun, Done):
-            return Outcome("duplicate")
-        if isinstance(begun, Busy):
-            return Outcome("throttled", f"idempotency key {key!r} is in progress elsewhere", 1.0)
-        state: dict[str, Any] = {}
-        out = await self._execute(d, state)
-        try:
-            if out.kind == "ok" and "skipped" not in state:
-                await self._store.complete(key, begun, print_, out.result, self._idem.ttl_s)
-            else:
-                await self._store.abandon(key, begun)
-        except SwellError as exc:
-            log.warning("%s: idempotency key %r not recorded: %s", self.fn.name, key, exc)
-        return out
+        return await once(self.fn.name, self._idem, self._store, d, self._lease_s,
+                          lambda state: self._execute(d, state))
 
     async def _settle(self, d: Delivery, out: Outcome) -> None:
         m = self.metrics

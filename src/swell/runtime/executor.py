@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Literal, Protocol
@@ -17,11 +18,14 @@ import msgspec
 import pydantic
 
 from swell.brokers.base import Delivery
-from swell.core.errors import PayloadError, Throttled
+from swell.core.errors import IdempotencyConflict, PayloadError, SwellError, Throttled
 from swell.core.event import Event
+from swell.idempotency import Busy, Done, Idempotency, IdempotencyStore, fingerprint
 from swell.runtime.app import Function
 from swell.runtime.context import Context, SyncContext
 from swell.runtime.producer import Producer
+
+log = logging.getLogger("swell.executor")
 
 Kind = Literal["ok", "failed", "invalid", "malformed", "throttled", "timeout", "crashed", "duplicate"]
 
@@ -71,6 +75,44 @@ def outcome_of(exc: Exception, timeout_s: float | None, timed_out: bool, service
     if timed_out:
         return Outcome("timeout", f"timed out after {timeout_s:g}s", None, service_s)
     return Outcome("failed", describe(exc), None, service_s)
+
+
+async def once(function: str, idem: Idempotency, store: IdempotencyStore, d: Delivery, lease_s: float,
+               execute: Callable[[dict[str, Any]], Awaitable[Outcome]]) -> Outcome:
+    """Run ``execute`` under the event's idempotency key (see ``swell.idempotency``): a key done
+    before is a ``duplicate``, one in progress elsewhere (or a store that fails: fail closed) is
+    ``throttled``, a key reused for other content is ``invalid``; afterwards the key is completed
+    with the handler's result, or cleared so a retry can run. ``execute`` gets the state the
+    handler's Context shares with this (``skip_idempotency`` marks it)."""
+    try:
+        event = Event.from_json(d.body)
+        key, print_ = idem.key_of(event), fingerprint(event.data)
+    except PayloadError as exc:
+        return Outcome("malformed", str(exc))
+    except IdempotencyConflict as exc:
+        return Outcome("invalid", str(exc))
+    except Exception as exc:  # the user's key function raised
+        return Outcome("failed", f"idempotency key: {describe(exc)}")
+    try:
+        begun = await store.begin(key, print_, lease_s)
+    except IdempotencyConflict as exc:
+        return Outcome("invalid", str(exc))
+    except SwellError as exc:  # fail closed: the handler does not run without its record
+        return Outcome("throttled", f"idempotency store unavailable: {exc}", 1.0)
+    if isinstance(begun, Done):
+        return Outcome("duplicate")
+    if isinstance(begun, Busy):
+        return Outcome("throttled", f"idempotency key {key!r} is in progress elsewhere", 1.0)
+    state: dict[str, Any] = {}
+    out = await execute(state)
+    try:
+        if out.kind == "ok" and "skipped" not in state:
+            await store.complete(key, begun, print_, out.result, idem.ttl_s)
+        else:
+            await store.abandon(key, begun)
+    except SwellError as exc:
+        log.warning("%s: idempotency key %r not recorded: %s", function, key, exc)
+    return out
 
 
 class Executor(Protocol):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +42,10 @@ from swell.brokers.base import (
 from swell.brokers.logs import commit, committed
 from swell.core.clock import Clock
 from swell.core.errors import SwellError
+from swell.idempotency import IdempotencyStore
 from swell.observe.metrics import FunctionMetrics
 from swell.runtime.app import Function, Group
-from swell.runtime.executor import Executor, Outcome
+from swell.runtime.executor import Executor, Outcome, once
 from swell.runtime.producer import Producer
 from swell.scaling.hotkeys import HotKey, HotKeys
 from swell.scaling.signals import Observation
@@ -155,6 +157,9 @@ class GroupDispatcher:
         self._seen: dict[str, float] = {}
         self._prefix = f"swell/groups/{self.group.key}/"
         self._attempts = fn.retry.attempts or 5
+        self._idem = fn.idempotency
+        self._store = None if fn.idempotency is None else IdempotencyStore(
+            broker.kv, fn.name, clock.time)
         self._stopping = False
 
     # -- what the runtime calls ----------------------------------------------------------------
@@ -360,7 +365,11 @@ class GroupDispatcher:
         while True:
             d = Delivery(receipt=receipt, body=r.body, headers=r.headers, receive_count=attempt,
                          enqueued_at=r.timestamp, first_received_at=first)
-            out = await self._execute(d)
+            out = await self._run(d)
+            if out.kind == "duplicate":  # its idempotency key was done before: not run again
+                m.duplicates += 1
+                m.succeeded += 1
+                return
             if out.kind in ("invalid", "malformed"):
                 await self._dead_letter(r, REASON_INVALID if out.kind == "invalid"
                                         else REASON_MALFORMED, out.error or out.kind, attempt)
@@ -387,11 +396,24 @@ class GroupDispatcher:
             await self.clock.sleep(self.fn.retry.delay_s(attempt))
             attempt += 1
 
-    def _execute(self, d: Delivery) -> Any:
+    async def _run(self, d: Delivery) -> Outcome:
+        """One attempt: under the function's idempotency key, if it has one."""
+        if self._idem is None or self._store is None:
+            return await self._execute(d)
+
+        def execute(state: dict[str, Any]) -> Awaitable[Outcome]:
+            return self._execute(d, state)
+
+        return await once(self.fn.name, self._idem, self._store, d, LEASE_S, execute)
+
+    def _execute(self, d: Delivery, state: dict[str, Any] | None = None) -> Awaitable[Outcome]:
         timeout = self.fn.timeout_s
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        return self.executor.execute(d, {"deadline": deadline, "producer": self.producer,
-                                         "extend": _no_extend})
+        extras: dict[str, Any] = {"deadline": deadline, "producer": self.producer,
+                                  "extend": _no_extend}
+        if self._store is not None:
+            extras["idempotency"] = (self._store, LEASE_S, state if state is not None else {})
+        return self.executor.execute(d, extras)
 
     async def _dead_letter(self, r: Record, reason: str, error: str, attempts: int) -> None:
         self.metrics.dead_lettered += 1
