@@ -1551,7 +1551,8 @@ class NatsKV:
                     "inactive_threshold": _ns(5)}})
             name, pending = created["name"], int(created["num_pending"])
             while pending > 0:
-                msg = await sub.next_msg(timeout=REQUEST_TIMEOUT_S)
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):  # ours: see _request
+                    msg = await sub.next_msg(timeout=None)
                 meta = msg.metadata
                 pending = meta.num_pending
                 key = _dec_key(msg.subject[len(self._prefix):])

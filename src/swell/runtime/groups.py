@@ -98,27 +98,38 @@ def assign(partitions: int, nodes: list[str], previous: dict[int, str]) -> dict[
 
 
 class _Units:
-    """A semaphore whose size can change: how many partitions may run a handler at once."""
+    """A semaphore whose size can change: how many partitions may run a handler at once. Taking a
+    free unit costs no await; only a wait for one goes through the condition."""
 
     def __init__(self) -> None:
         self.limit = 0
         self.busy = 0
+        self._waiting = 0
         self._changed = asyncio.Condition()
 
     async def resize(self, limit: int) -> None:
-        async with self._changed:
-            self.limit = limit
-            self._changed.notify_all()
+        self.limit = limit
+        if self._waiting:
+            async with self._changed:
+                self._changed.notify_all()
 
     async def __aenter__(self) -> None:
+        if self.busy < self.limit and not self._waiting:
+            self.busy += 1
+            return
         async with self._changed:
-            await self._changed.wait_for(lambda: self.busy < self.limit)
+            self._waiting += 1
+            try:
+                await self._changed.wait_for(lambda: self.busy < self.limit)
+            finally:
+                self._waiting -= 1
             self.busy += 1
 
     async def __aexit__(self, *exc: object) -> None:
-        async with self._changed:
-            self.busy -= 1
-            self._changed.notify_all()
+        self.busy -= 1
+        if self._waiting:
+            async with self._changed:
+                self._changed.notify_all()
 
 
 @dataclass
@@ -210,6 +221,11 @@ class GroupDispatcher:
                                                             for p in range(stream.partitions)])
         except SwellError:
             return None
+        if self.limit == 0 and self._owned and sum(self.lags):
+            # from zero: work waits, so take a unit now rather than at the controller's next
+            # decision (the Dispatcher's activator does the same for a queue)
+            log.debug("%s: activated from zero (lag %d)", self.fn.name, sum(self.lags))
+            await self.set_limit(1)
         return sum(self.lags)
 
     async def rebalance(self, nodes: list[str], leads: bool) -> None:

@@ -172,6 +172,8 @@ class Runtime:
             first = Signals(t=self.clock.monotonic(), depth=None, in_flight=0)
             st.decision = controller.decide(first)
             await self._apply(st, peers.get(fn.name, {}))
+            if isinstance(st.dispatcher, GroupDispatcher):
+                await st.dispatcher.lag()  # work waiting at start: a unit now (its activator)
             st.dispatcher.start()
             # announced at once, so a node starting next counts this one from its start
             await self._publish_status(st, first, st.dispatcher.observe(first.t, None, 0, None))
