@@ -39,6 +39,7 @@ from swell.runtime.context import Context
 from swell.runtime.producer import Producer
 from swell.runtime.retry import Retry
 from swell.runtime.runtime import Runtime
+from swell.sagas import Saga, SagaContext
 from swell.scaling.auto import Auto
 from swell.scaling.base import Controller, Decision
 from swell.scaling.limiters import Limiter, RateLimit
@@ -82,6 +83,8 @@ __all__ = [
     "Receipt",
     "Retry",
     "Runtime",
+    "Saga",
+    "SagaContext",
     "Signals",
     "StaleReceipt",
     "Stream",

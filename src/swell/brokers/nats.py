@@ -56,8 +56,12 @@ How the queue protocol maps onto JetStream
 The kv store is a JetStream key-value bucket ``swell_<namespace>``: the revision is the stream
 sequence (never reused), create-if-absent and compare-and-set are writes with an expected last
 subject sequence, a TTL is an expiry time in a header (checked on read, exact) and a per-message
-TTL a little longer (``Nats-TTL``) so the server drops expired entries. Keys are escaped to fit
-NATS subjects, so ``scan`` reads every key of the bucket and filters by prefix here.
+TTL a little longer (``Nats-TTL``) so the server drops expired entries. A key is one subject token
+per ``/``-separated segment (other characters escaped), so ``scan`` by a prefix reads only the
+keys under its whole segments.
+
+Topics (a stream per topic that the subscriptions' queue streams source from) are in
+``nats_topics.py``; streams (one JetStream stream, a subject per partition) in ``nats_logs.py``.
 """
 
 from __future__ import annotations

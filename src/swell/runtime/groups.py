@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -334,6 +335,7 @@ class GroupDispatcher:
                     idle = min(POLL_MAX_S, idle * 2)
                     continue
                 idle = POLL_MIN_S
+                keys: Counter[str | None] = Counter()
                 for r in records:
                     if part.stop.is_set() or not self._holds(part):
                         break
@@ -341,8 +343,10 @@ class GroupDispatcher:
                         await self._handle(part, r)
                     part.position = r.offset + 1
                     part.pending += 1
-                    self.hot.observe(part.p, r.key)
+                    keys[r.key] += 1
                     await self._checkpoint(part)
+                for key, n in keys.items():  # the batch's keys, once each
+                    self.hot.observe(part.p, key, n)
         finally:
             await asyncio.shield(self._let_go(part))
 

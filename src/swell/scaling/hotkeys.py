@@ -190,11 +190,12 @@ class HotKeys:
         self._renormalise_after = RENORMALISE_HALF_LIVES * half_life_s
         self._sketches = [_DecayedSummary(capacity) for _ in range(partitions)]
 
-    def observe(self, partition: int, key: str | None) -> None:
-        """Count one event of ``partition`` with routing key ``key``."""
+    def observe(self, partition: int, key: str | None, n: int = 1) -> None:
+        """Count ``n`` events of ``partition`` with routing key ``key`` (a batch's events of one
+        key at once: one update instead of ``n``)."""
         if not 0 <= partition < self.partitions:
             raise ConfigError(f"partition {partition} is not in 0..{self.partitions - 1}")
-        self._sketches[partition].add(key, self._weight(self._clock()))
+        self._sketches[partition].add(key, n * self._weight(self._clock()))
 
     def top(self, partition: int | None = None, k: int = 5) -> list[HotKey]:
         """The ``k`` keys with the highest recent rate in ``partition``, or over all partitions."""
