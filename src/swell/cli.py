@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -98,6 +99,9 @@ async def run(app_path: str, broker_url: str | None, grace: str, log_level: str,
         serve_metrics(runtime, *metrics)
 
     def started() -> None:
+        # what is alive now (modules, the app, the runtime) stays: keep the collector off it, so
+        # a full collection does not walk it again and again under load
+        gc.freeze()
         err_console.print(f"swell: running [bold]{app.name}[/] ({len(app.functions)} function(s)) "
                           f"on {url} as node {runtime.node}", highlight=False)
 
