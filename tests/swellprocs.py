@@ -174,13 +174,22 @@ class Swell:
         return self._run(go)
 
     # -- the sink ----------------------------------------------------------------------------------
+    def finished_lines(self) -> list[str]:
+        return complete_lines(self.sink)
+
     def records(self) -> list[Record]:
-        if not self.sink.exists():
-            return []
-        return [Record(**json.loads(line)) for line in self.sink.read_text().splitlines()]
+        return [Record(**json.loads(line)) for line in self.finished_lines()]
 
     def done_ids(self) -> set[int]:
         return {r.id for r in self.records()}
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The complete lines of a file other processes append to: one being written as we read (no
+    newline yet) is left for the next look."""
+    if not path.exists():
+        return []
+    return path.read_text().split("\n")[:-1]
 
 
 def tally(records: list[Record], n: int) -> tuple[set[int], int]:

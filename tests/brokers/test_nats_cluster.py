@@ -35,6 +35,7 @@ from servers import NatsCluster, NatsNode, http_json
 from swell import Producer
 from swell.brokers.base import QueueSpec
 from swell.core.errors import SwellError
+from swellprocs import complete_lines
 
 if os.environ.get("CI", "").strip().lower() != "true":
     pytest.importorskip("nats", reason="nats-py is not installed: pip install 'swell[nats]'")
@@ -134,7 +135,7 @@ class SwellNodes:
         """How many times each event number was handled, over every node that ever ran."""
         counts: Counter[int] = Counter()
         for sink in self.dir.glob("*.sink"):
-            counts.update(int(line.split()[0]) for line in sink.read_text().splitlines())
+            counts.update(int(line.split()[0]) for line in complete_lines(sink))
         return counts
 
     def dump(self) -> None:

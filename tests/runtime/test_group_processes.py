@@ -39,7 +39,7 @@ def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Swell]:
 def lines(swell: Swell) -> list[dict[str, Any]]:
     if not swell.sink.exists():
         return []
-    return [json.loads(line) for line in swell.sink.read_text().splitlines()]
+    return [json.loads(line) for line in swell.finished_lines()]
 
 
 def first_order_per_key(records: list[dict[str, Any]]) -> dict[str, list[int]]:

@@ -13,6 +13,7 @@ import pytest
 
 from swell.runtime.process import ProcessExecutor
 from swell.runtime.runtime import Runtime
+from swellprocs import complete_lines
 
 pytestmark = pytest.mark.slow
 APPS = Path(__file__).parent / "apps"
@@ -25,9 +26,7 @@ def sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _lines(sink: Path) -> list[tuple[int, int]]:
-    if not sink.exists():
-        return []
-    return [(int(a), int(b)) for a, b in (line.split() for line in sink.read_text().splitlines())]
+    return [(int(a), int(b)) for a, b in (line.split() for line in complete_lines(sink))]
 
 
 async def _drained(rt: Runtime, bound_s: float) -> None:
