@@ -137,3 +137,8 @@ def test_subscription_names_and_queue_clashes_are_app_errors() -> None:
         t.subscribe("s", subject="x")
     with pytest.raises(AppError):
         app.topic("t", retention="2d")
+    with pytest.raises(AppError, match="topic already"):
+        app.queue("t")
+    app.queue("q")
+    with pytest.raises(AppError, match="queue already"):
+        app.topic("q")

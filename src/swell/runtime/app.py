@@ -218,6 +218,9 @@ class App:
         """Declare a topic: ``publish`` to it, and ``subscribe`` to it. ``retention`` is how long
         a backend that keeps a topic's log (NATS) keeps it."""
         _check_name("topic", name)
+        if name in self.queues:
+            raise AppError(f"{name!r} is a queue already: a topic needs a name of its own (a send "
+                           "to a name must know where it goes)")
         spec = TopicSpec(name=name, retention_s=seconds(retention, name="retention"),
                          max_message_bytes=max_message_bytes,
                          dedup_window_s=seconds(dedup_window, name="dedup_window"))
@@ -307,6 +310,8 @@ class App:
         _check_name("queue", name)
         if not _subscription and name in self.subscriptions:
             raise AppError(f"queue {name!r} is the queue of a subscription; name the queue otherwise")
+        if name in self.topics:
+            raise AppError(f"{name!r} is a topic already: a queue needs a name of its own")
         if max_receives < 0:
             raise AppError(f"queue {name!r}: max_receives must be >= 0")
         spec = QueueSpec(name=name, visibility_timeout_s=seconds(visibility_timeout,
