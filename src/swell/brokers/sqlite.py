@@ -18,10 +18,10 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -206,10 +206,12 @@ class SqliteBroker:
         self._published: dict[str, int] = {}
         self._counts_at = 0.0
         self._trimmed_at: dict[str, float] = {}
-        self._publishes: list[_Publish] = []
-        self._writes: list[_Write] = []
-        self._writer: asyncio.Future[None] | None = None
-        self._publisher: asyncio.Future[None] | None = None
+        # small writes and publishes asked for while the connection is busy share a transaction
+        self._writes: _Batcher[_Write, Any] = _Batcher(
+            lambda batch: self._run(self._tx, self._apply_writes, batch))
+        self._publishes: _Batcher[_Publish, _Published] = _Batcher(
+            lambda batch: self._run(self._store_publishes, batch, self.clock.time()),
+            after=self._wake_published)
         self._kv = SqliteKV(self)
         self._orphan_releases: set[asyncio.Task[list[Receipt]]] = set()
         self._checkpointer: _Checkpointer | None = None
@@ -270,35 +272,16 @@ class SqliteBroker:
         """Run a small write ``fn(conn, *args)`` in a transaction. Writes asked for while the
         connection is busy share one transaction when it is free (each in a savepoint of its own,
         so one that fails fails alone): concurrent small writes (kv) share a commit."""
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writes.append((fn, args, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.ensure_future(self._write_pending())
-        result: T = await done
+        result: T = await self._writes((fn, args))
         return result
-
-    async def _write_pending(self) -> None:
-        while self._writes:
-            batch, self._writes = self._writes, []
-            try:
-                results = await self._run(self._tx, self._apply_writes, batch)
-            except Exception as exc:
-                results = [exc] * len(batch)
-            for (_, _, done), result in zip(batch, results, strict=True):
-                if done.done():
-                    continue
-                if isinstance(result, Exception):
-                    done.set_exception(result)
-                else:
-                    done.set_result(result)
 
     @staticmethod
     def _apply_writes(conn: sqlite3.Connection, batch: list[_Write]) -> list[Any]:
         if len(batch) == 1:
-            fn, args, _ = batch[0]
+            fn, args = batch[0]
             return [fn(conn, *args)]
         out: list[Any] = []
-        for fn, args, _ in batch:
+        for fn, args in batch:
             conn.execute("SAVEPOINT write")
             try:
                 out.append(fn(conn, *args))
@@ -424,32 +407,15 @@ class SqliteBroker:
 
         await self._run(lambda c: self._tx(c, run))
 
+    def _wake_published(self, published: _Published) -> None:
+        for queue in published[1]:
+            self._waker.notify(queue)
+
     async def publish(self, topic: str, messages: Sequence[Message]) -> list[bool]:
         """Publishes made while the connection is busy are stored together when it is free, one
         transaction for the lot (each in a savepoint of its own, so one refused publish refuses
         only itself): concurrent publishers share the cost of a commit."""
-        done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        self._publishes.append((topic, messages, done))
-        if self._publisher is None or self._publisher.done():
-            self._publisher = asyncio.ensure_future(self._publish_pending())
-        return await done
-
-    async def _publish_pending(self) -> None:
-        while self._publishes:
-            batch, self._publishes = self._publishes, []
-            try:
-                results = await self._run(self._store_publishes, batch, self.clock.time())
-            except Exception as exc:
-                results = [exc] * len(batch)
-            for (_, _, done), result in zip(batch, results, strict=True):
-                if done.done():
-                    continue  # its caller was cancelled (what was stored stays stored)
-                if isinstance(result, Exception):
-                    done.set_exception(result)
-                else:
-                    done.set_result(result[0])
-                    for queue in result[1]:
-                        self._waker.notify(queue)
+        return (await self._publishes((topic, messages)))[0]
 
     def _store_publishes(self, conn: sqlite3.Connection, batch: list[_Publish],
                          now: float) -> list[_Published | Exception]:
@@ -461,13 +427,13 @@ class SqliteBroker:
         that is refused (unknown topic, oversize, bad routing key) refuses only itself."""
         out: list[_Published | Exception | None] = [None] * len(batch)
         if len(batch) == 1:  # alone: its transaction is its savepoint (a refusal raises)
-            topic, messages, _ = batch[0]
+            topic, messages = batch[0]
             spec = self._topic(conn, topic)
             check_publish(spec, messages)
             self._publish_together(conn, spec, [messages], [0], out, now)
             return [r for r in out if r is not None]
         by_topic: dict[str, list[int]] = {}
-        for i, (topic, _, _) in enumerate(batch):
+        for i, (topic, _) in enumerate(batch):
             by_topic.setdefault(topic, []).append(i)
         for topic, idx in by_topic.items():
             try:
@@ -907,12 +873,52 @@ class SqliteBroker:
         self._exec.shutdown(wait=True)
 
 
-#: a small write waiting for the connection: fn(conn, *args), and its caller's future
-_Write = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
-#: a publish waiting for the connection: topic, messages, and its caller's future
-_Publish = tuple[str, Sequence[Message], "asyncio.Future[list[bool]]"]
+#: a small write waiting for the connection: fn(conn, *args)
+_Write = tuple[Callable[..., Any], tuple[Any, ...]]
+#: a publish waiting for the connection: topic, messages
+_Publish = tuple[str, Sequence[Message]]
 #: a stored publish: accepted per message, queues written, counts per subscription, its topic
 _Published = tuple[list[bool], list[str], list[tuple[tuple[str, str], int, int]], str]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Batcher(Generic[Item, Result]):
+    """Calls made while the broker's connection is busy, stored together once it is free:
+    ``store`` gets every pending item, in order, and answers each with its result or the
+    exception that refused it alone (or raises, refusing the lot). ``after`` sees each result
+    whose caller still waits (a cancelled caller's item stays stored)."""
+
+    def __init__(self, store: Callable[[list[Item]], Awaitable[list[Result | Exception]]], *,
+                 after: Callable[[Result], object] | None = None) -> None:
+        self._store = store
+        self._after = after
+        self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._drainer: asyncio.Future[None] | None = None
+
+    async def __call__(self, item: Item) -> Result:
+        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._store([item for item, _ in batch])
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, done), result in zip(batch, results, strict=True):
+                if done.done():
+                    continue
+                if isinstance(result, Exception):
+                    done.set_exception(result)
+                else:
+                    done.set_result(result)
+                    if self._after is not None:
+                        self._after(result)
 
 
 def _setup(conn: sqlite3.Connection) -> None:
