@@ -58,6 +58,16 @@ def free_port() -> int:
         return port
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it is still there after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> bool:
     """Whether ``proc`` came to listen on ``port`` in time (``False`` if it exited first)."""
     until = time.monotonic() + timeout_s
@@ -122,14 +132,8 @@ class NatsProcess:
         pytest.fail(f"nats-server did not start:\n{tail}", pytrace=False)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
 
@@ -221,14 +225,8 @@ class NatsNode:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
 
