@@ -662,46 +662,28 @@ def _overridden(what: str, lg: Any) -> None:
                   + (f", at step {step}" if step else ""), highlight=False)
 
 
-@saga.command("pause")
-@click.argument("ref", metavar="ID")
-@_by_option
-@click.option("--reason", help="Why (recorded in the saga's log).")
-@broker_option
-@command
-async def saga_pause(ref: str, by: str, reason: str | None, broker_url: str | None) -> None:
-    """Run no further step of saga ID until it is resumed (a step being run finishes)."""
-    from swell.sagas import admin
+def _saga_override(verb: str, done: str, doc: str) -> None:
+    """``swell saga VERB ID [--by] [--reason]``: an operator's override of one kind."""
+    @saga.command(verb, help=doc)
+    @click.argument("ref", metavar="ID")
+    @_by_option
+    @click.option("--reason", help="Why (recorded in the saga's log).")
+    @broker_option
+    @command
+    async def override(ref: str, by: str, reason: str | None, broker_url: str | None) -> None:
+        from swell.sagas import admin
 
-    _overridden("paused", await _with_broker(
-        broker_url, lambda b: admin.pause(b, ref, by=by, reason=reason)))
-
-
-@saga.command("resume")
-@click.argument("ref", metavar="ID")
-@_by_option
-@click.option("--reason", help="Why (recorded in the saga's log).")
-@broker_option
-@command
-async def saga_resume(ref: str, by: str, reason: str | None, broker_url: str | None) -> None:
-    """Go on with a paused saga (on an active one: send its next message again)."""
-    from swell.sagas import admin
-
-    _overridden("resumed", await _with_broker(
-        broker_url, lambda b: admin.resume(b, ref, by=by, reason=reason)))
+        act = getattr(admin, verb)
+        _overridden(done, await _with_broker(
+            broker_url, lambda b: act(b, ref, by=by, reason=reason)))
 
 
-@saga.command("retry")
-@click.argument("ref", metavar="ID")
-@_by_option
-@click.option("--reason", help="Why (recorded in the saga's log).")
-@broker_option
-@command
-async def saga_retry(ref: str, by: str, reason: str | None, broker_url: str | None) -> None:
-    """Run the step (or compensation) where saga ID stands again now, its attempts from zero."""
-    from swell.sagas import admin
-
-    _overridden("retrying", await _with_broker(
-        broker_url, lambda b: admin.retry(b, ref, by=by, reason=reason)))
+_saga_override("pause", "paused",
+               "Run no further step of saga ID until it is resumed (a step being run finishes).")
+_saga_override("resume", "resumed",
+               "Go on with a paused saga (on an active one: send its next message again).")
+_saga_override("retry", "retrying", "Run the step (or compensation) where saga ID stands again "
+               "now, its attempts from zero.")
 
 
 @saga.command("skip")

@@ -143,11 +143,11 @@ class Replay:
                     continue
                 until = await self._offset_at(p, s.end)
                 rest = 0 if until is None else await self._count_from(p, until)
-                total += await self._count_from(p, at) - rest
+                kept = await self._count_from(p, at)
+                total += kept - rest
                 done = await self._progress(s.index, p)
                 if done is not None:
-                    resumed += max(0, await self._count_from(p, at) - max(
-                        rest, await self._count_from(p, done)))
+                    resumed += max(0, kept - max(rest, await self._count_from(p, done)))
         return Plan(self.id, self.fn, slices, total, resumed)
 
     async def _count_from(self, p: int, offset: int) -> int:
