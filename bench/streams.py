@@ -67,6 +67,7 @@ from swell.brokers.base import Message
 from swell.brokers.logs import committed
 from throughput import (
     SYSTEM_PIDS,
+    Tally,
     body,
     console,
     delete_streams,
@@ -96,27 +97,13 @@ def key(i: int) -> str:
 
 
 # -- swell ---------------------------------------------------------------------------------------
-@dataclass
-class Tally:
-    n: int
-    count: int = 0
-    t_first: float = 0.0
-    t_last: float = 0.0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 def stream_app(tally: Tally) -> App:
     app = App("bench")
     clicks = app.stream(STREAM, partitions=PARTITIONS)
 
     @app.function(clicks.group(GROUP))
     async def noop(payload: dict) -> None:  # type: ignore[type-arg]
-        tally.count += 1
-        if tally.count == 1:
-            tally.t_first = time.perf_counter()
-        if tally.count == tally.n:
-            tally.t_last = time.perf_counter()
-            tally.done.set()
+        tally.handled()
 
     return app
 

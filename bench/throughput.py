@@ -202,6 +202,15 @@ class Tally:
     t_last: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def handled(self) -> None:
+        """One more event handled: note the first and the N-th."""
+        self.count += 1
+        if self.count == 1:
+            self.t_first = time.perf_counter()
+        if self.count == self.n:
+            self.t_last = time.perf_counter()
+            self.done.set()
+
 
 def drain_app(tally: Tally) -> App:
     app = App("bench")
@@ -209,12 +218,7 @@ def drain_app(tally: Tally) -> App:
 
     @app.function(queue)
     async def noop(payload: dict) -> None:  # type: ignore[type-arg]
-        tally.count += 1
-        if tally.count == 1:
-            tally.t_first = time.perf_counter()
-        if tally.count == tally.n:
-            tally.t_last = time.perf_counter()
-            tally.done.set()
+        tally.handled()
 
     return app
 
