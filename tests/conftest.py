@@ -65,3 +65,15 @@ def swell(tmp_path: Path) -> Iterator[Swell]:
         yield s
     finally:
         s.cleanup()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The drain time of each cell of the delivery matrix (tests/runtime/test_matrix.py)."""
+    import sys
+
+    matrix = sys.modules.get("test_matrix") or sys.modules.get("runtime.test_matrix")
+    lines: list[str] = getattr(matrix, "RESULTS", [])
+    if lines:
+        terminalreporter.section("delivery matrix: drain time per cell")
+        for line in [matrix.HEADER, *lines]:
+            terminalreporter.write_line(line)

@@ -141,3 +141,34 @@ async def test_two_runtimes_split_the_partitions(tmp_path: Path, partitions: int
             await a.broker.append("s", events(200, 40))
             await until(lambda: len(seen) >= 400)
     assert len(seen) == 400 and len({i for i, _ in seen}) == 200
+
+
+async def test_a_node_with_no_unit_holds_no_partition(tmp_path: Path) -> None:
+    """``concurrency=1`` over two nodes: one node's share is zero, so the leader assigns it no
+    partition; every event is handled (none waits on a node with no unit to run it)."""
+    app = App("g")
+    s = app.stream("s", partitions=4)
+    seen: list[int] = []
+
+    @app.function(s.group("g"), concurrency=1)
+    async def h(data: dict[str, Any]) -> None:
+        seen.append(data["i"])
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+
+    def state(rt: Runtime) -> tuple[int, set[int]]:
+        d = rt.functions["h"].dispatcher
+        return d.limit, set(d.partitions)  # type: ignore[union-attr]
+
+    async with Runtime(app, url, tick_s=0.1) as a, Runtime(app, url, tick_s=0.1) as b:
+        await a.broker.append("s", events(200, 40))
+        await until(lambda: len(seen) >= 200, "every event handled")
+        await until(lambda: sorted(state(rt)[0] for rt in (a, b)) == [0, 1], "the split: 1 + 0")
+        await asyncio.sleep(1.5)  # past JOIN_AFTER_S: both nodes are members of the group now
+        idle = [rt for rt in (a, b) if state(rt)[0] == 0]
+        await until(lambda: not state(idle[0])[1], "the node with no unit to let its partitions go")
+        await asyncio.sleep(0.5)
+        assert not state(idle[0])[1], "a node with no unit took partitions again"
+        await a.broker.append("s", events(200, 40))
+        await until(lambda: len(seen) >= 400, "every later event handled")
+    assert sorted(seen) == sorted([*range(200), *range(200)])

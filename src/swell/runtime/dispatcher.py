@@ -5,6 +5,19 @@ being stored); failed, timed out or crashed → release with backoff while attem
 dead-letter with the reason; throttled → back with the downstream's retry-after, not counted as an
 attempt; invalid or malformed → dead-letter at once. Long handlers keep their lease alive.
 
+**The lease invariant.** Every leased event is started, or released to its queue, within one
+visibility timeout, and at once when the node's limit no longer covers it:
+
+- events are leased ahead (the buffer) only as many as the free units can start soon;
+- a lease is renewed only while a unit works on its event; a buffered event is never renewed;
+- a buffered event still unstarted when half its lease has gone is released (not counted as a
+  receive), and one started late has its lease extended before its handler runs (or is skipped,
+  if the lease was lost);
+- when the limit falls, the buffer beyond what the new limit would lease is released at once (all
+  of it at a limit of zero), so a node whose share drops to zero holds nothing another could run;
+- a release at a graceful stop is not a receive either; an error out of settling fails that
+  attempt, it never strands the event or its unit.
+
 At a limit of zero the dispatcher is its function's activator: it waits for one event and asks
 for a unit at once, instead of waiting for the scaler's next tick.
 """
@@ -26,6 +39,7 @@ from swell.observe.metrics import FunctionMetrics
 from swell.runtime.app import Function
 from swell.runtime.executor import Executor, Outcome, once
 from swell.runtime.producer import Producer
+from swell.runtime.retry import throttle_delay_s
 from swell.scaling.limiters import SharedLimiter, TokenBucket
 from swell.scaling.signals import Observation
 
@@ -70,11 +84,12 @@ class Dispatcher:
         self._store = None if fn.idempotency is None else IdempotencyStore(
             broker.kv, fn.name, clock.time)
         self._on_activate = on_activate
-        self._buffer: deque[Delivery] = deque()
+        # leased, not yet started, each with when its lease ends (monotonic); never renewed
+        self._buffer: deque[tuple[Delivery, float]] = deque()
         # one task per busy unit; each works through the buffer, so an event costs no new task
         self._workers: dict[asyncio.Task[None], Delivery | None] = {}
         self._busy = 0  # workers with an event (the non-None values above), kept as they change
-        self._lease_until: dict[Receipt, float] = {}
+        self._lease_until: dict[Receipt, float] = {}  # started events only: the ones renewed
         self._wake = asyncio.Event()
         self._acks: list[Receipt] = []
         self._acks_ready = asyncio.Event()
@@ -89,10 +104,31 @@ class Dispatcher:
                        asyncio.create_task(self._ack_loop(), name=f"{self.fn.name}:ack")]
 
     async def set_limit(self, units: int) -> None:
-        """The controller's decision: how many units may run at once."""
-        self.limit = max(0, units)
+        """The controller's decision: how many units may run at once. Buffered events the new
+        limit would not have leased are released at once, so no other node waits on them."""
+        before, self.limit = self.limit, max(0, units)
         await self.executor.scale_to(self.limit)
+        if self.limit < before:
+            await self._trim()
         self.poke()
+
+    async def _trim(self) -> None:
+        """Release the buffered events the current limit would not have leased."""
+        keep = 0 if self.limit == 0 or self._stopping else max(
+            0, self._wanted(self.limit) - self.in_flight)
+        await self._release_buffered(len(self._buffer) - keep, f"limit {self.limit}")
+
+    async def _release_buffered(self, n: int, why: str, *, newest: bool = True) -> None:
+        """Give ``n`` unstarted events back to the queue, not counted as receives."""
+        if n <= 0 or not self._buffer:
+            return
+        take = self._buffer.pop if newest else self._buffer.popleft
+        out = [take()[0].receipt for _ in range(min(n, len(self._buffer)))]
+        log.debug("%s: released %d unstarted event(s): %s", self.fn.name, len(out), why)
+        try:
+            await self.broker.release(out, count=False)
+        except SwellError as exc:  # their leases end on their own: visible again in one timeout
+            log.warning("%s: could not release %d event(s): %s", self.fn.name, len(out), exc)
 
     def poke(self) -> None:
         """Something changed (a unit became ready, the limit moved): look again."""
@@ -106,10 +142,7 @@ class Dispatcher:
         lease_task.cancel()
         with suppress(asyncio.CancelledError):
             await lease_task
-        unstarted = [d.receipt for d in self._buffer]
-        self._buffer.clear()
-        if unstarted:
-            await self.broker.release(unstarted, count=False)
+        await self._release_buffered(len(self._buffer), "stopping")
         await self._wait_in_flight(grace_s)
         workers = list(self._workers)
         left = [d for d in self._workers.values() if d is not None]
@@ -120,8 +153,8 @@ class Dispatcher:
         self._acks_ready.set()  # the ack loop stores what is pending, then ends
         await asyncio.gather(self._tasks[2], return_exceptions=True)
         await self._flush_acks()
-        if left:
-            stale = await self.broker.release([d.receipt for d in left])
+        if left:  # handed back, not failed: a graceful stop is not an attempt
+            stale = await self.broker.release([d.receipt for d in left], count=False)
             log.info("%s: released %d unfinished event(s) at shutdown", self.fn.name,
                      len(left) - len(stale))
         await self.executor.stop()
@@ -157,12 +190,16 @@ class Dispatcher:
             current=self.limit)
 
     # -- leasing -------------------------------------------------------------------------------
-    def _batch(self) -> int:
-        """How many to lease now: what free units can start within ``PREFETCH_S``."""
+    def _wanted(self, units: int) -> int:
+        """Events ``units`` units should hold (working and buffered): what they start within
+        ``PREFETCH_S`` at the latest service time."""
         svc = self.metrics.service_times_s[-1] if self.metrics.service_times_s else None
         per_unit = 1 if svc is None else max(1, min(MAX_BATCH, int(PREFETCH_S / max(svc, 1e-4))))
-        units = self.executor.ready()
-        return min(MAX_BATCH, units * per_unit) - self.in_flight - len(self._buffer)
+        return min(MAX_BATCH, units * per_unit)
+
+    def _batch(self) -> int:
+        """How many to lease now."""
+        return self._wanted(self.executor.ready()) - self.in_flight - len(self._buffer)
 
     async def _lease_loop(self) -> None:
         while not self._stopping:
@@ -179,6 +216,7 @@ class Dispatcher:
                     async with asyncio.timeout(0.002 if busy else None):
                         await self._wake.wait()
                 continue
+            asked_at = self.limit
             try:
                 got = await self.broker.receive(self._queue, n, self._lease_s, wait_s=RECEIVE_WAIT_S)
             except SwellError as exc:
@@ -186,11 +224,11 @@ class Dispatcher:
                 await self.clock.sleep(1.0)
                 continue
             until = self.clock.monotonic() + self._lease_s
-            for d in got:
-                self._lease_until[d.receipt] = until
-            self._buffer.extend(got)
-            if got and self.limit == 0:
+            self._buffer.extend((d, until) for d in got)
+            if got and self.limit == 0 and self.activator and not self._stopping:
                 await self._activate()
+            elif got and (self.limit < asked_at or self.limit == 0 or self._stopping):
+                await self._trim()  # the limit fell while receiving
             self._pump()
 
     async def _activate(self) -> None:
@@ -217,11 +255,13 @@ class Dispatcher:
         assert me is not None
         done = 0
         while self._buffer and len(self._workers) <= self.executor.ready():
-            d = self._buffer.popleft()
+            d, until = self._buffer.popleft()
             self._workers[me] = d
             self._busy += 1
             self.metrics.in_flight = self._busy
-            await self._process(d)
+            self._lease_until[d.receipt] = until
+            if until - self.clock.monotonic() >= self._lease_s / 2 or await self._renew(d):
+                await self._process(d)
             self._workers[me] = None
             self._busy -= 1
             self._lease_until.pop(d.receipt, None)
@@ -240,12 +280,25 @@ class Dispatcher:
         self._pump()
         self._wake.set()
 
+    async def _renew(self, d: Delivery) -> bool:
+        """Extend the lease of an event that waited long in the buffer, just before it starts;
+        ``False`` if the lease was lost (the event may be another's now: it is not run)."""
+        try:
+            return await self._extend(d.receipt, self._lease_s)
+        except SwellError as exc:
+            log.warning("%s: could not renew a lease before starting: %s", self.fn.name, exc)
+            return False
+
     async def _keep_leases(self) -> None:
-        """Extend the leases of long-running (and buffered) events before they expire."""
+        """Extend the leases of events being worked on before they expire; release buffered
+        events that waited half a lease unstarted (a slow unit must not hold them)."""
         period = max(self._lease_s / 3, 0.05)
         while True:
             await self.clock.sleep(period)
-            soon = self.clock.monotonic() + self._lease_s / 2
+            now = self.clock.monotonic()
+            waited = sum(1 for _, until in self._buffer if until - now < self._lease_s / 2)
+            await self._release_buffered(waited, "unstarted for half a lease", newest=False)
+            soon = now + self._lease_s / 2
             due = [r for r, until in self._lease_until.items() if until <= soon]
             if not due:
                 continue
@@ -282,12 +335,19 @@ class Dispatcher:
     async def _process(self, d: Delivery) -> None:
         self.metrics.received += 1
         run = self._execute if self._idem is None else self._once
-        if self._bucket is None and not self._shared:
-            outcome = await run(d)  # no gates: spare the context manager per event
-        else:
-            async with self._gates():
-                outcome = await run(d)
-        await self._settle(d, outcome)
+        try:
+            if self._bucket is None and not self._shared:
+                outcome = await run(d)  # no gates: spare the context manager per event
+            else:
+                async with self._gates():
+                    outcome = await run(d)
+        except Exception as exc:  # swell's own failure around the handler: a failed attempt
+            log.exception("%s: event %s: error around the handler", self.fn.name, d.receipt.id)
+            outcome = Outcome("crashed", f"swell error: {exc!r}")
+        try:
+            await self._settle(d, outcome)
+        except Exception:  # its lease is no longer renewed: back in the queue within a timeout
+            log.exception("%s: event %s could not be settled", self.fn.name, d.receipt.id)
 
     def _execute(self, d: Delivery, state: dict[str, Any] | None = None
                  ) -> Coroutine[Any, Any, Outcome]:
@@ -323,7 +383,8 @@ class Dispatcher:
         if kind == "throttled":
             m.throttles += 1
             with suppress(SwellError):
-                await self.broker.release([d.receipt], out.retry_after_s or 0.0, count=False)
+                await self.broker.release([d.receipt], throttle_delay_s(out.retry_after_s),
+                                          count=False)
             return
         if kind != "crashed":
             m.service(out.service_s)

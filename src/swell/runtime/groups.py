@@ -25,7 +25,7 @@ import asyncio
 import logging
 import math
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,7 @@ from swell.observe.metrics import FunctionMetrics
 from swell.runtime.app import Function, Group
 from swell.runtime.executor import Executor, Outcome, once
 from swell.runtime.producer import Producer
+from swell.runtime.retry import throttle_delay_s
 from swell.scaling.hotkeys import HotKey, HotKeys
 from swell.scaling.signals import Observation
 
@@ -168,7 +169,7 @@ class GroupDispatcher:
         self._owned: dict[int, _Partition] = {}
         self._seen: dict[str, float] = {}
         self._prefix = f"swell/groups/{self.group.key}/"
-        self._attempts = fn.retry.attempts or 5
+        self._attempts = fn.retry.allowed()  # no queue's max_receives here
         self._idem = fn.idempotency
         self._store = None if fn.idempotency is None else IdempotencyStore(
             broker.kv, fn.name, clock.time)
@@ -222,15 +223,20 @@ class GroupDispatcher:
                                                             for p in range(stream.partitions)])
         except SwellError:
             return None
-        if self.limit == 0 and self._owned and sum(self.lags):
+        if self.limit == 0 and any(self.lags[p] for p in self._owned):
             # from zero: work waits, so take a unit now rather than at the controller's next
             # decision (the Dispatcher's activator does the same for a queue)
             log.debug("%s: activated from zero (lag %d)", self.fn.name, sum(self.lags))
             await self.set_limit(1)
         return sum(self.lags)
 
-    async def rebalance(self, nodes: list[str], leads: bool) -> None:
-        """This tick's membership: renew leases, follow the assignment, take what is ours."""
+    async def rebalance(self, nodes: list[str], leads: bool,
+                        working: Collection[str] | None = None) -> None:
+        """This tick's membership: renew leases, follow the assignment, take what is ours.
+
+        ``working``: the nodes with units for the function now (all of ``nodes`` if ``None``).
+        The leader assigns partitions only to them, so no partition is held by a node that has
+        no unit to work it (a node whose share fell to zero hands its partitions over)."""
         await self._renew()
         now = self.clock.time()
         for n in nodes:
@@ -240,7 +246,8 @@ class GroupDispatcher:
         entry = await self.broker.kv.get(key)
         current = {} if entry is None else msgspec.json.decode(entry.value, type=Assignment).owners
         if leads:
-            members = sorted(n for n in nodes if now - self._seen[n] >= JOIN_AFTER_S or n == self.node)
+            seen = [n for n in nodes if now - self._seen[n] >= JOIN_AFTER_S or n == self.node]
+            members = sorted(n for n in seen if working is None or n in working) or sorted(seen)
             wanted = assign(self.group.stream.partitions, members, current)
             if wanted != current:
                 raw = msgspec.json.encode(Assignment(wanted))
@@ -397,7 +404,7 @@ class GroupDispatcher:
             m.attempts += 1
             if out.kind == "throttled":
                 m.throttles += 1
-                await self.clock.sleep(out.retry_after_s or 1.0)
+                await self.clock.sleep(throttle_delay_s(out.retry_after_s))
                 continue  # a throttle is not an attempt
             if out.kind != "crashed":
                 m.service(out.service_s)
