@@ -253,6 +253,10 @@ class Broker(Protocol):
 
     async def stats(self, queue: str) -> QueueStats: ...
 
+    async def stats_many(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        """``stats`` of several queues at once (in one trip where the backend can: a runtime
+        reads every function's queue each tick); a queue that was never declared is left out."""
+
     async def purge(self, queue: str) -> int:
         """Delete every message of ``queue``; returns how many."""
 

@@ -283,6 +283,9 @@ class MemoryBroker:
         return QueueStats(queue=queue, depth=depth, in_flight=in_flight, delayed=delayed,
                           oldest_age_s=max(0.0, now - oldest))
 
+    async def stats_many(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        return {q: await self.stats(q) for q in queues if q in self._queues}
+
     async def purge(self, queue: str) -> int:
         q = self._q(queue)
         n = len(q.records)

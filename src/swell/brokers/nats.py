@@ -1318,6 +1318,13 @@ class NatsBroker:
                           delayed=total - on_queue + delayed,
                           oldest_age_s=0.0 if oldest is None else max(0.0, now - oldest))
 
+    async def stats_many(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        out: dict[str, QueueStats] = {}
+        for queue in queues:
+            with contextlib.suppress(UnknownQueue):
+                out[queue] = await self.stats(queue)
+        return out
+
     def _known_returns(self, info: _QueueInfo) -> tuple[int, int]:
         """This broker's leases that are not held any more: (ready again, waiting out a delay).
         One not received again within a visibility timeout of being ready is forgotten here:

@@ -19,9 +19,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -197,8 +198,15 @@ class SqliteBroker:
         self._conn: sqlite3.Connection | None = None
         self._synchronous = synchronous
         self._specs: dict[str, tuple[bytes, QueueSpec]] = {}  # decoded once per stored version
-        self._waker = Waker(clock)
-        self._data_version = -1
+        self._waker = Waker(clock, self._watch)
+        # per queue: the file's data_version when this process last looked at the queue (a claim,
+        # or the waker's watch); written only on the broker's thread
+        self._seen: dict[str, int] = {}
+        # the watch's shortcut (see _watch): a connection used on the event loop's thread for
+        # nothing but PRAGMA data_version, and what the last look saw
+        self._tripwire: sqlite3.Connection | None = None
+        self._looked: _Looked | None = None
+        self._declared: set[str] = set()  # queues known to exist (for stats_many; thread only)
         self._dedup_swept_at = 0.0
         self._routers: dict[bytes, Router] = {}  # compiled per stored subscription spec
         # topic counts not yet in the file: (topic, subscription) -> [matched, filtered]
@@ -235,8 +243,11 @@ class SqliteBroker:
                 conn.execute("PRAGMA busy_timeout = 0")  # from here _call waits, more finely
                 self._checkpointer = _Checkpointer(self.path, self._synchronous)
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's work now
+                tripwire = sqlite3.connect(self.path, isolation_level=None,
+                                           check_same_thread=False)  # (used on the loop's thread)
             except (OSError, sqlite3.Error) as exc:
                 raise BrokerUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+            self._tripwire = tripwire
             self._conn = conn
         return self._conn
 
@@ -652,29 +663,38 @@ class SqliteBroker:
             claim = asyncio.ensure_future(self._run(self._claim, queue, max_messages,
                                                     visibility_timeout_s))
             try:
-                return await asyncio.shield(claim)
+                got, due, dead = await asyncio.shield(claim)
             except asyncio.CancelledError:
                 # the claim runs on in its thread: give back whatever it takes, at once
                 claim.add_done_callback(self._release_orphans)
                 raise
+            if dead:
+                self._wake_dlq(queue)
+            return got, due
 
-        return await self._waker.wait_for(queue, attempt, wait_s, self._changed)
+        return await self._waker.wait_for(queue, attempt, wait_s)
 
     def _claim(self, conn: sqlite3.Connection, queue: str, max_messages: int,
-               lease_s: float | None) -> tuple[list[Delivery], float | None]:
-        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+               lease_s: float | None) -> tuple[list[Delivery], float | None, int]:
+        """Lease up to ``max_messages``: (what was leased, when the next message falls due if
+        nothing was, how many went to the dead-letter queue instead)."""
+        # read before the queue: a commit after this changes the version again, so the watch
+        # looks at this queue once more (never less)
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
         now = self.clock.time()
         spec = self._spec(conn, queue)
+        self._seen[spec.name] = version
         due = self._next_due(conn, spec.name)
         if due is None or due > now:
             # nothing ready: no write lock, which a sender in another process would wait for
             # (SQLite's busy handler sleeps a millisecond or more), and no empty transaction
-            return [], due
+            return [], due, 0
         conn.execute("BEGIN IMMEDIATE")
         try:
             lease = spec.visibility_timeout_s if lease_s is None else lease_s
             out: list[Delivery] = []
             token = _token()
+            dead = 0
             while len(out) < max_messages:  # again if some of a claim went to the DLQ instead
                 rows = conn.execute(_CLAIM, {"lease_until": now + lease, "token": token, "now": now,
                                              "queue": spec.name, "max": max_messages - len(out)}
@@ -689,6 +709,7 @@ class SqliteBroker:
                     out.append(Delivery(receipt=Receipt(spec.name, rid, token), body=body,
                                         headers=_dec_headers(headers), receive_count=count,
                                         enqueued_at=enqueued_at, first_received_at=first_at))
+                dead += over
                 if not over:
                     break
             due = None if out else self._next_due(conn, spec.name)
@@ -697,7 +718,7 @@ class SqliteBroker:
             conn.rollback()
             raise
         out.sort(key=lambda d: d.receipt.id)
-        return out, due
+        return out, due, dead
 
     @staticmethod
     def _next_due(conn: sqlite3.Connection, queue: str) -> float | None:
@@ -706,18 +727,52 @@ class SqliteBroker:
                                          (queue,)).fetchone()[0]
         return due
 
-    def _release_orphans(self, claim: asyncio.Future[tuple[list[Delivery], float | None]]) -> None:
+    def _release_orphans(self, claim: asyncio.Future[tuple[list[Delivery], float | None, int]]
+                         ) -> None:
         if claim.cancelled() or claim.exception() is not None or not claim.result()[0]:
             return
         task = asyncio.ensure_future(self.release([d.receipt for d in claim.result()[0]]))
         self._orphan_releases.add(task)
         task.add_done_callback(self._orphan_releases.discard)
 
-    async def _changed(self) -> bool:
-        """Whether another connection committed since our last claim (cheap: no table read)."""
-        def check(conn: sqlite3.Connection) -> bool:
-            return bool(conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version)
-        return await self._run(check)
+    async def _watch(self, queues: AbstractSet[str]) -> dict[str, float | None]:
+        """The waker's look for other processes' writes: of ``queues``, those the file changed
+        under since this process last looked at them, each with its next due time. One hop for
+        all of them, and no table read while nothing changed (``data_version`` moves only when
+        another connection commits).
+
+        While no connection at all committed since the last look (the tripwire's
+        ``data_version``, a connection of its own, moves on every commit but its own: a cheap
+        call on this thread), and every queue that started waiting since then had been looked
+        at as of that look, nothing can have changed for any of them: no hop at all."""
+        wire = self._tripwire
+        before = None
+        if wire is not None:
+            try:
+                before = wire.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise BrokerError(f"SQLite error on {self.path!r}: {exc}") from exc
+            looked = self._looked
+            if (looked is not None and looked.tripwire == before
+                    and all(self._seen.get(q) == looked.version for q in queues - looked.queues)):
+                return {}
+        version, changed = await self._run(self._look, queues)
+        if before is not None:
+            self._looked = _Looked(before, version, queues)
+        return changed
+
+    def _look(self, conn: sqlite3.Connection, queues: AbstractSet[str]
+              ) -> tuple[int, dict[str, float | None]]:
+        version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+        stale = [q for q in queues if self._seen.get(q) != version]
+        if not stale:
+            return version, {}
+        for q in stale:
+            self._seen[q] = version
+        # one index seek per queue (min over the ready index), not a scan of their messages
+        return version, dict(conn.execute(
+            "SELECT value, (SELECT min(visible_at) FROM swell_messages WHERE queue = value) "
+            "FROM json_each(?)", (msgspec.json.encode(stale).decode(),)).fetchall())
 
     # -- settle ------------------------------------------------------------------------------
     async def ack(self, receipts: Sequence[Receipt]) -> list[Receipt]:
@@ -772,8 +827,17 @@ class SqliteBroker:
 
     # -- dead letters --------------------------------------------------------------------------
     async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
-        return await self._run(lambda c: self._tx(c, self._dead_letter, receipt, reason,
-                                                  error, self.clock.time()))
+        moved = await self._run(lambda c: self._tx(c, self._dead_letter, receipt, reason,
+                                                   error, self.clock.time()))
+        if moved:
+            self._wake_dlq(receipt.queue)
+        return moved
+
+    def _wake_dlq(self, queue: str) -> None:
+        """Something went into ``queue``'s dead-letter queue: wake whoever waits on that."""
+        spec = self._specs.get(queue)
+        if spec is not None and spec[1].dead_letter_queue is not None:
+            self._waker.notify(spec[1].dead_letter_queue)
 
     def _dead_letter(self, conn: sqlite3.Connection, r: Receipt, reason: str,
                      error: str | None, now: float) -> bool:
@@ -835,13 +899,31 @@ class SqliteBroker:
 
     async def stats(self, queue: str) -> QueueStats:
         now = self.clock.time()
-        total, ahead, leased, oldest_ahead, oldest_ready = await self._run(
+        row = await self._run(
             lambda c: self._on_queue(c, queue).execute(_STATS, {"now": now, "q": queue}).fetchone())
-        oldest = min((t for t in (oldest_ahead, oldest_ready) if t is not None), default=None)
-        # (not below zero even if the counts drifted: an older swell writing the same file keeps none)
-        return QueueStats(queue=queue, depth=max(0, total - ahead), in_flight=leased,
-                          delayed=ahead - leased,
-                          oldest_age_s=0.0 if oldest is None else max(0.0, now - oldest))
+        return _stats(queue, now, row)
+
+    async def stats_many(self, queues: Sequence[str]) -> dict[str, QueueStats]:
+        """One hop and one snapshot for all of them; a queue holding no message (by its count in
+        ``swell_sizes``) costs no read of ``swell_messages``."""
+        def run(conn: sqlite3.Connection) -> dict[str, QueueStats]:
+            unknown = [q for q in queues if q not in self._declared]
+            if unknown:  # (a queue is never undeclared: once seen, known for good)
+                self._declared.update(name for (name,) in conn.execute(
+                    "SELECT name FROM swell_queues WHERE name IN (SELECT value FROM json_each(?))",
+                    (msgspec.json.encode(unknown).decode(),)))
+            now = self.clock.time()
+            conn.execute("BEGIN")
+            try:
+                busy = {q for (q,) in conn.execute("SELECT queue FROM swell_sizes WHERE total != 0")}
+                return {q: _stats(q, now, conn.execute(_STATS, {"now": now, "q": q}).fetchone())
+                        if q in busy else QueueStats(queue=q, depth=0, in_flight=0, delayed=0,
+                                                     oldest_age_s=0.0)
+                        for q in queues if q in self._declared}
+            finally:
+                conn.commit()
+
+        return await self._run(run)
 
     async def purge(self, queue: str) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -857,7 +939,10 @@ class SqliteBroker:
         if self._orphan_releases:
             await asyncio.gather(*self._orphan_releases, return_exceptions=True)
         self._closed = True
-        self._waker.close()  # a receive still waiting returns what it has: nothing
+        await self._waker.aclose()  # a receive still waiting returns what it has: nothing
+        if self._tripwire is not None:
+            self._tripwire.close()
+            self._tripwire = None
 
         def shut() -> None:
             if self._checkpointer is not None:
@@ -871,6 +956,15 @@ class SqliteBroker:
 
         await asyncio.get_running_loop().run_in_executor(self._exec, shut)
         self._exec.shutdown(wait=True)
+
+
+class _Looked(NamedTuple):
+    """What the watch's last look saw: the tripwire's data_version just before it, the broker
+    connection's during it, and the queues it covered."""
+
+    tripwire: int
+    version: int
+    queues: AbstractSet[str]
 
 
 #: a small write waiting for the connection: fn(conn, *args)
@@ -961,6 +1055,16 @@ def _add_sizes(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.rollback()
         raise
+
+
+def _stats(queue: str, now: float, row: tuple[int, int, int, float | None, float | None]
+           ) -> QueueStats:
+    total, ahead, leased, oldest_ahead, oldest_ready = row
+    oldest = min((t for t in (oldest_ahead, oldest_ready) if t is not None), default=None)
+    # (not below zero even if the counts drifted: an older swell writing the same file keeps none)
+    return QueueStats(queue=queue, depth=max(0, total - ahead), in_flight=leased,
+                      delayed=ahead - leased,
+                      oldest_age_s=0.0 if oldest is None else max(0.0, now - oldest))
 
 
 def _resize(conn: sqlite3.Connection, queue: str, delta: int) -> None:

@@ -2,12 +2,21 @@
 tick turns each function's signals into its concurrency through its controller.
 
 A runtime is one node: with several on one broker, each decides from the function's global
-readings and takes its share of the decision (see ``cluster``)."""
+readings and takes its share of the decision (see ``cluster``).
+
+A tick costs a few trips to the broker whatever the number of functions: one read of the peers'
+status (none while no other node runs), one of every queue's stats, and one batch of status
+records (only those that changed, or near their TTL); and a function at rest costs next to nothing
+(see ``Runtime.tick``). The node's heartbeat has a loop of its own, so a long tick never lets it
+expire."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
+import operator
 import os
 import signal
 import socket
@@ -49,6 +58,8 @@ log = logging.getLogger("swell.runtime")
 DEFAULT_GRACE_S = 30.0
 TICK_S = 0.5
 STOP_WAIT_S = 10.0
+#: a function at rest is sampled once every this many ticks (see ``Runtime.tick``)
+REST_TICKS = 16
 
 
 @dataclass
@@ -69,6 +80,12 @@ class FunctionState:
     leader: str = ""
     decided_at: float = 0.0
     applied: int = -1
+    own: Observation | None = None
+    """This node's readings at the last sample."""
+    reading: tuple[object, ...] | None = None
+    """What the last sample said (see ``_reading``)."""
+    resting: bool = False
+    """The last two samples said the same, at a decision of zero."""
 
     @property
     def signals(self) -> Signals | None:
@@ -131,6 +148,11 @@ class Runtime:
         self.started = time.time()
         self._shared: dict[str, SharedLimiter] = {}
         self._last_peers: dict[str, dict[str, FunctionStatus]] = {}
+        self._peer_records: dict[str, tuple[int, FunctionStatus]] = {}  # key: revision, decoded
+        # per function: what its last written status record said (times left out), and when
+        self._written: dict[str, tuple[tuple[object, ...], float, FunctionStatus]] = {}
+        self._beat_at = -math.inf
+        self._ticks = 0
         self._stop = asyncio.Event()
         self._scaler: asyncio.Task[None] | None = None
         self._services: list[asyncio.Task[None]] = []
@@ -164,6 +186,7 @@ class Runtime:
         await self.declare()
         self.app._producer = self.producer  # app.publish goes through this runtime now
         peers = await self._peers()
+        statuses: list[_Due] = []
         for fn in self.app.functions.values():
             controller = fn.controller()
             st = FunctionState(fn, self._dispatcher(fn, controller), controller)
@@ -175,8 +198,10 @@ class Runtime:
             if isinstance(st.dispatcher, GroupDispatcher):
                 await st.dispatcher.lag()  # work waiting at start: a unit now (its activator)
             st.dispatcher.start()
-            # announced at once, so a node starting next counts this one from its start
-            await self._publish_status(st, first, st.dispatcher.observe(first.t, None, 0, None))
+            statuses.append((self._status(st, first, st.dispatcher.observe(first.t, None, 0, None)),
+                             None))
+        # announced at once, so a node starting next counts this one from its start
+        await self._publish_statuses(statuses)
         await self._heartbeat()
         self._scaler = asyncio.create_task(self._scale_loop(), name="swell:scaler")
         self._services = [asyncio.create_task(service(self), name=f"swell:{service.__name__}")
@@ -185,38 +210,113 @@ class Runtime:
                  self.node)
 
     async def _scale_loop(self) -> None:
+        beat = asyncio.create_task(self._beat_loop(), name="swell:heartbeat")
+        try:
+            while True:
+                await self.clock.sleep(self.tick_s)
+                try:
+                    await self.tick()
+                except SwellError as exc:  # a backend hiccup: the next tick tries again
+                    log.warning("scaling tick failed: %s", exc)
+        finally:
+            beat.cancel()
+            with suppress(asyncio.CancelledError):
+                await beat
+
+    async def _beat_loop(self) -> None:
+        """The heartbeat at least every tick, even while a tick runs long (the tick writes it
+        too, when it ends, with the shares it took)."""
         while True:
-            await self.clock.sleep(self.tick_s)
+            await self.clock.sleep(max(0.0, self._beat_at + self.tick_s - self.clock.monotonic()))
+            if self.clock.monotonic() - self._beat_at < self.tick_s:
+                continue  # a tick wrote it meanwhile
             try:
-                await self.tick()
-            except SwellError as exc:  # a backend hiccup: the next tick tries again
-                log.warning("scaling tick failed: %s", exc)
+                await self._heartbeat()
+            except SwellError as exc:
+                log.warning("heartbeat failed: %s", exc)
 
     async def tick(self) -> None:
         """Sample every function (with its peers' readings), ask its controller, take this node's
-        share of the leader's decision, publish the status and the heartbeat."""
+        share of the leader's decision, publish the status and the heartbeat.
+
+        A function at rest is sampled only every ``REST_TICKS`` ticks, so that a node with
+        hundreds of idle functions costs little: at rest means its last two samples said the same
+        at a decision of zero, and nothing changed since: its queue holds nothing (ready, delayed
+        or leased), it has no peers, and its own readings (looked at every other tick) are the
+        same. An event that arrives wakes it through its activator at once, not at a tick; the
+        tick after next samples it again, and its controller sees ticks of the usual length (see
+        ``_wake``)."""
+        self._ticks += 1
         peers = await self._peers()
-        for st in self.functions.values():
-            depth, delayed, age = await self._backlog(st)
-            own = st.dispatcher.observe(self.clock.monotonic(), depth, delayed, age)
+        backlogs = await self._backlogs()
+        statuses: list[_Due] = []
+        for i, st in enumerate(self.functions.values()):
+            backlog = backlogs.get(st.fn.name)
             fn_peers = peers.get(st.fn.name, {})
-            s = st.sampler.observe(st.view.merge(own, {n: p.obs for n, p in fn_peers.items()}))
-            st.history.append(s)
-            st.decision = st.controller.decide(s)
-            await self._apply(st, fn_peers)
-            await self._publish_status(st, s, own)
+            phase = self._ticks + i
+            resting = st.resting and not fn_peers and _empty(backlog)
+            if resting and phase % 2:
+                due = self._refresh(st)
+            else:
+                depth, delayed, age = (None, 0, None) if backlog is None else backlog[:3]
+                own = st.dispatcher.observe(self.clock.monotonic(), depth, delayed, age)
+                same = (st.resting and st.own is not None
+                        and _observed(own) == _observed(st.own))
+                if resting and same and phase % REST_TICKS:
+                    due = self._refresh(st)
+                else:
+                    if st.resting and not (resting and same):
+                        self._wake(st)
+                    due = await self._sample(st, own, fn_peers)
+            if due is not None:
+                statuses.append(due)
+            if i % 256 == 255:
+                await asyncio.sleep(0)  # many functions: let receives and handlers run between
+        await self._publish_statuses(statuses)
         await self._heartbeat()
 
-    async def _backlog(self, st: FunctionState) -> tuple[int | None, int, float | None]:
-        """(depth, delayed, age of the oldest) of a function's work; a group's depth is its lag.
-        ``None`` depth: no data (controllers hold)."""
-        if isinstance(st.dispatcher, GroupDispatcher):
-            return await st.dispatcher.lag(), 0, None
+    async def _sample(self, st: FunctionState, own: Observation,
+                      peers: dict[str, FunctionStatus]) -> _Due | None:
+        """One function's turn of the tick; its status record if one is to be written."""
+        s = st.sampler.observe(st.view.merge(own, {n: p.obs for n, p in peers.items()}))
+        st.history.append(s)
+        st.decision = st.controller.decide(s)
+        await self._apply(st, peers)
+        reading = None if isinstance(st.dispatcher, GroupDispatcher) else _reading(st, s, own)
+        st.resting = (reading is not None and reading == st.reading and st.decision.desired == 0
+                      and st.share == 0 and st.fn.min_instances == 0)
+        st.own, st.reading = own, reading
+        return self._status_due(st, s, own, reading)
+
+    def _wake(self, st: FunctionState) -> None:
+        """A function at rest has work again: first the sample its rest skipped last (a tick
+        ago; nothing had changed, so it says what its last one said), so that its sampler and
+        controller see the next one a tick after it, as if it had been sampled all along."""
+        last = st.signals
+        t = self.clock.monotonic() - self.tick_s
+        if st.own is None or last is None or t <= last.t:
+            return
+        s = st.sampler.observe(dataclasses.replace(st.own, t=t))
+        st.history.append(s)
+        st.decision = st.controller.decide(s)
+
+    async def _backlogs(self) -> dict[str, tuple[int | None, int, float | None, int]]:
+        """Per function, (depth, delayed, age of the oldest, leased) of its work, the queues'
+        read in one call; a group's depth is its lag. Left out (or ``None`` depth): no data
+        (controllers hold)."""
+        out: dict[str, tuple[int | None, int, float | None, int]] = {}
+        queues = {st.fn.queue.name for st in self.functions.values()
+                  if not isinstance(st.dispatcher, GroupDispatcher)}
         try:
-            stats = await self.broker.stats(st.fn.queue.name)
+            stats = await self.broker.stats_many(sorted(queues)) if queues else {}
         except SwellError:
-            return None, 0, None
-        return stats.depth, stats.delayed, stats.oldest_age_s
+            stats = {}
+        for name, st in self.functions.items():
+            if isinstance(st.dispatcher, GroupDispatcher):
+                out[name] = await st.dispatcher.lag(), 0, None, 0
+            elif (qs := stats.get(st.fn.queue.name)) is not None:
+                out[name] = qs.depth, qs.delayed, qs.oldest_age_s, qs.in_flight
+        return out
 
     async def _apply(self, st: FunctionState, peers: dict[str, FunctionStatus]) -> None:
         """Take this node's share of the function's decision (and of its warm floor): its own
@@ -242,7 +342,13 @@ class Runtime:
         if isinstance(d, GroupDispatcher):
             await d.set_limit(max(st.share, floor))
             try:
-                await d.rebalance(nodes, leads=st.leader == self.node)
+                # partitions go only to nodes with units (all of them while the function is at
+                # zero: each then activates on the lag of its own partitions)
+                working = None if st.decision.desired == 0 else [
+                    n for i, n in enumerate(nodes)
+                    if max(share(st.decision.desired, i, st.nodes, st.fn.name),
+                           share(st.fn.min_instances, i, st.nodes, st.fn.name)) > 0]
+                await d.rebalance(nodes, leads=st.leader == self.node, working=working)
             except SwellError as exc:
                 log.warning("%s: rebalance failed: %s", st.fn.name, exc)
             return
@@ -253,27 +359,66 @@ class Runtime:
     async def _peers(self) -> dict[str, dict[str, FunctionStatus]]:
         """The other live nodes' latest status per function: ``{function: {node: status}}``. If
         the kv store does not answer, the last known peers (never "alone", which would let this
-        node take every share)."""
+        node take every share). Without another node's heartbeat there are none: the status
+        records (one per function and node, so many) are read only when there are."""
         try:
-            entries = await self.broker.kv.scan(f"{STATUS_PREFIX}{self.app.name}/")
+            nodes = await self.broker.kv.scan(f"{NODES_PREFIX}{self.app.name}/")
+            if all(e.key == self._key(NODES_PREFIX) for e in nodes):
+                entries = []
+            else:
+                entries = await self.broker.kv.scan(f"{STATUS_PREFIX}{self.app.name}/")
         except SwellError as exc:
             log.warning("could not read the other nodes' status: %s", exc)
             return self._last_peers
         peers: dict[str, dict[str, FunctionStatus]] = {}
+        records: dict[str, tuple[int, FunctionStatus]] = {}
+        own = f"/{self.node}"
         for e in entries:
-            try:
-                status = msgspec.json.decode(e.value, type=FunctionStatus)
-            except msgspec.ValidationError:
-                continue  # a record of another swell version
+            if e.key.endswith(own):
+                continue  # this node's own (see _key), not worth decoding
+            known = self._peer_records.get(e.key)
+            if known is not None and known[0] == e.revision:
+                status = known[1]
+            else:
+                try:
+                    status = msgspec.json.decode(e.value, type=FunctionStatus)
+                except msgspec.ValidationError:
+                    continue  # a record of another swell version
+            records[e.key] = (e.revision, status)
             if status.node != self.node:
                 peers.setdefault(status.function, {})[status.node] = status
+        self._peer_records = records
         self._last_peers = peers
         return peers
 
     def _key(self, prefix: str, *parts: str) -> str:
         return "/".join((f"{prefix}{self.app.name}", *parts, self.node))
 
-    async def _publish_status(self, st: FunctionState, s: Signals, own: Observation) -> None:
+    def _status_due(self, st: FunctionState, s: Signals, own: Observation,
+                    reading: tuple[object, ...] | None) -> _Due | None:
+        """A function's status record, if it is to be written this tick: when what it says
+        changed (times aside), or when the one written nears its TTL. A node's idle
+        functions then cost no write most ticks; its peers see the same reading as before, which
+        changes nothing there (see ``ClusterView``)."""
+        written = self._written.get(st.fn.name)
+        if (reading is not None and written is not None and written[0] == reading
+                and self.clock.monotonic() - written[1] < self._refresh_s):
+            return None
+        return self._status(st, s, own), reading
+
+    def _refresh(self, st: FunctionState) -> _Due | None:
+        """The status record of a function at rest, again, if the one written nears its TTL (or
+        was never written)."""
+        written = self._written.get(st.fn.name)
+        if written is None:  # (its write failed)
+            s = st.signals
+            return None if s is None or st.own is None else (self._status(st, s, st.own),
+                                                             st.reading)
+        if self.clock.monotonic() - written[1] < self._refresh_s:
+            return None
+        return msgspec.structs.replace(written[2], at=self.clock.time()), written[0]
+
+    def _status(self, st: FunctionState, s: Signals, own: Observation) -> FunctionStatus:
         m = st.dispatcher.metrics
         status = FunctionStatus(
             app=self.app.name, function=st.fn.name, node=self.node, queue=st.fn.queue.name,
@@ -286,10 +431,27 @@ class Runtime:
             g = st.dispatcher
             status = msgspec.structs.replace(status, group=g.group.key, partitions=g.partitions,
                                              lags=g.lags, hot_keys=g.hot_keys())
-        await self.broker.kv.put(self._key(STATUS_PREFIX, st.fn.name), msgspec.json.encode(status),
-                                 ttl_s=self._ttl_s)
+        return status
+
+    async def _publish_statuses(self, due: list[_Due]) -> None:
+        """Write status records all at once (a backend that can stores them in one transaction)."""
+        now = self.clock.monotonic()
+        results = await asyncio.gather(*(
+            self.broker.kv.put(self._key(STATUS_PREFIX, status.function),
+                               msgspec.json.encode(status), ttl_s=self._ttl_s)
+            for status, _ in due), return_exceptions=True)
+        failed: BaseException | None = None
+        for (status, reading), result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or result
+                self._written.pop(status.function, None)
+            elif reading is not None:
+                self._written[status.function] = (reading, now, status)
+        if failed is not None:
+            raise failed
 
     async def _heartbeat(self) -> None:
+        self._beat_at = self.clock.monotonic()
         info = NodeInfo(
             app=self.app.name, node=self.node, host=socket.gethostname(), pid=os.getpid(),
             started=self.started, seen=self.clock.time(),
@@ -297,6 +459,12 @@ class Runtime:
             in_flight=sum(st.dispatcher.in_flight for st in self.functions.values()))
         await self.broker.kv.put(self._key(NODES_PREFIX), msgspec.json.encode(info),
                                  ttl_s=self._ttl_s)
+
+    @property
+    def _refresh_s(self) -> float:
+        """How old an unchanged status record gets before it is written again: a few ticks
+        short of its TTL, so that a late tick does not let it lapse."""
+        return self._ttl_s - max(1.5, 3 * self.tick_s)
 
     @property
     def _ttl_s(self) -> float:
@@ -314,9 +482,10 @@ class Runtime:
             for task in stuck:
                 log.warning("%s did not stop within %g s; going on", task.get_name(), STOP_WAIT_S)
         await asyncio.gather(*(st.dispatcher.stop(grace_s) for st in self.functions.values()))
-        for key in [self._key(STATUS_PREFIX, name) for name in self.functions]:
-            await _forget(self.broker, key)
+        await asyncio.gather(*(_forget(self.broker, self._key(STATUS_PREFIX, name))
+                               for name in self.functions))
         await _forget(self.broker, self._key(NODES_PREFIX))
+        self._written.clear()
         if self.app._producer is self.producer:
             self.app._producer = None
         self.functions.clear()
@@ -381,6 +550,30 @@ class Runtime:
 
 def _asdict(s: Signals) -> dict[str, Any]:
     return {name: getattr(s, name) for name in s.__dataclass_fields__}
+
+
+#: a status record to write, and what it said (``_reading``; ``None``: not compared)
+_Due = tuple[FunctionStatus, tuple[object, ...] | None]
+_SMOOTHED = ("arrival_rate", "completion_rate", "error_rate", "throttle_rate")
+_observed = operator.attrgetter(*(f.name for f in dataclasses.fields(Observation) if f.name != "t"))
+_signalled = operator.attrgetter(*(f.name for f in dataclasses.fields(Signals)
+                                   if f.name != "t" and f.name not in _SMOOTHED))
+_smoothed = operator.attrgetter(*_SMOOTHED)
+
+
+def _empty(backlog: tuple[int | None, int, float | None, int] | None) -> bool:
+    """Nothing ready, delayed or leased (and known to be so)."""
+    return backlog is not None and backlog[0] == 0 and backlog[1] == 0 and backlog[3] == 0
+
+
+def _reading(st: FunctionState, s: Signals, own: Observation) -> tuple[object, ...]:
+    """What a function's status record says, without its times, the smoothed rates rounded (they
+    decay for a long while after the last event): the same reading need not be written again
+    before its TTL calls for it."""
+    m, d = st.dispatcher.metrics, st.decision
+    return (d.desired, d.reason, st.share, st.nodes, st.leader, st.decided_at, m.succeeded,
+            m.dead_lettered, _observed(own), _signalled(s),
+            tuple(None if v is None else round(v, 3) for v in _smoothed(s)))
 
 
 async def _forget(broker: Broker, key: str) -> None:
