@@ -200,11 +200,6 @@ def test_a_non_string_attribute_is_refused() -> None:
         Event.from_dict(valid(subject=5))
 
 
-def test_a_time_that_is_not_rfc3339_is_refused() -> None:
-    with pytest.raises(PayloadError, match="time"):
-        Event.from_dict(valid(time="yesterday"))
-
-
 def test_data_and_data_base64_together_are_refused() -> None:
     with pytest.raises(PayloadError, match="data_base64"):
         Event.from_dict(valid(data={"a": 1}, data_base64=base64.b64encode(b"x").decode()))

@@ -33,8 +33,10 @@ def encode_json(obj: Any) -> bytes:
 
 
 def decode_json(data: bytes | str) -> Any:
-    """Decode JSON bytes; malformed input raises ``PayloadError``."""
+    """Decode JSON bytes; malformed input (nested too deeply too) raises ``PayloadError``."""
     try:
         return _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise PayloadError(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise PayloadError(f"JSON nested too deeply: {exc}") from exc

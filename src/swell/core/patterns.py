@@ -278,15 +278,18 @@ class _Leaf:
 
 
 def _anything_but(where: str, operand: Any, tests: dict[type, list[Test]]) -> None:
-    """Present values that are not excluded match; strings never exclude numbers, nor numbers strings."""
+    """Present values that are not excluded match; strings never exclude numbers, nor numbers strings.
+
+    ``{"anything-but": {op: x}}`` with op prefix, suffix, equals-ignore-case or wildcard takes a string
+    or a list of strings (as event-ruler does): a value matches if it matches none of them."""
     if isinstance(operand, Mapping):
         if len(operand) != 1 or next(iter(operand)) not in _STRING_OPERATORS:
             raise _fail(where, "anything-but takes a value, a list, or one of "
-                        "{prefix|suffix|equals-ignore-case|wildcard: ...}")
+                        "{prefix|suffix|equals-ignore-case|wildcard: a string or a list of strings}")
         ((op, inner),) = operand.items()
-        if op in ("prefix", "suffix") and (not isinstance(inner, str) or not inner):
-            raise _fail(where, f"anything-but {op} must be a non-empty string, not {inner!r}")
-        values = [inner] if op in ("prefix", "suffix") else _strings(where, inner, f"anything-but {op}")
+        values = _strings(where, inner, f"anything-but {op}")
+        if op in ("prefix", "suffix") and "" in values:  # an empty one would exclude every string
+            raise _fail(where, f"anything-but {op} takes non-empty strings, not {inner!r}")
         excluded = _any_of([_string_test(where, op, value) for value in values])
         tests[str].append(lambda v: not excluded(v))
         tests[float].append(_always)
