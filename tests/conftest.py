@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from servers import NatsCluster, NatsProcess, missing_server, nats_server_binary
+from swell.brokers.memory import MemoryBroker
 from swellprocs import Swell
 
 
@@ -54,6 +55,14 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[MemoryBroker]:
+    """A memory broker (test files with a ``broker`` fixture of their own use theirs)."""
+    b = MemoryBroker()
+    yield b
+    await b.close()
 
 
 @pytest.fixture

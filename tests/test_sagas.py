@@ -108,13 +108,6 @@ async def reaches(broker: Broker, saga_id: str, state: str, timeout_s: float = 8
     return await log_of(broker, saga_id)
 
 
-@pytest.fixture
-async def broker() -> AsyncIterator[MemoryBroker]:
-    b = MemoryBroker()
-    yield b
-    await b.close()
-
-
 @asynccontextmanager
 async def running(app: App, broker: Broker | str, grace_s: float = 5.0) -> AsyncIterator[Runtime]:
     rt = Runtime(app, broker)

@@ -17,11 +17,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from swell.brokers.base import Message
+from swell.render import fit
 from swell.runtime.app import App
 from swell.runtime.context import Context
 from swell.runtime.producer import Producer
 from swell.runtime.retry import Retry
 from swell.runtime.runtime import Runtime
+
+STOP_GRACE_S = 2.0  # on Ctrl-C, for the orders in hand (a few ms each) to finish
 
 app = App("demo")
 orders = app.queue("demo.orders", visibility_timeout=10, max_receives=4)
@@ -51,7 +54,26 @@ def _burst(n: int) -> list[object]:
 async def run_demo(broker_url: str, events: int, console: Console) -> None:
     logging.getLogger("swell").setLevel(logging.ERROR)  # the table tells the story
     runtime = Runtime(app, broker_url)
-    await runtime.declare()
+    try:
+        await runtime.declare()
+        await _send_burst(runtime, broker_url, events, console)
+        console.print(f"sent {events:,} orders; starting the function (cold: 0 instances)")
+        started = time.perf_counter()
+        await runtime.start()
+        succeeded, retried, dead = await _drain(runtime, console, started)
+    finally:
+        # on Ctrl-C too: stop the function's workers before the loop goes (left pending, each
+        # would be reported "destroyed but pending"); what is in flight goes back to the queue
+        await runtime.stop(grace_s=STOP_GRACE_S)
+    console.line()
+    elapsed = time.perf_counter() - started
+    console.print(f"[bold green]drained[/] {succeeded:,} orders in {elapsed:.1f} s "
+                  f"({succeeded / elapsed:,.0f}/s); {retried} retried, {dead} dead-lettered.")
+    console.print("next: [bold]swell queues[/], [bold]swell dlq show demo.orders[/], "
+                  "[bold]swell dlq redrive demo.orders[/]")
+
+
+async def _send_burst(runtime: Runtime, broker_url: str, events: int, console: Console) -> None:
     broker = runtime.broker
     for q in ("demo.orders", "demo.orders.dlq"):
         await broker.purge(q)
@@ -66,38 +88,33 @@ async def run_demo(broker_url: str, events: int, console: Console) -> None:
             await broker.send(orders.name, [Message(body=producer.event(orders.name, p).to_json())
                                             for p in chunk])
             progress.advance(task, len(chunk))
-    console.print(f"sent {events:,} orders; starting the function (cold: 0 instances)")
-    started = time.perf_counter()
-    await runtime.start()
+
+
+async def _drain(runtime: Runtime, console: Console, started: float) -> tuple[int, int, int]:
+    """Show the counts live until the queue is empty; (succeeded, retried, dead-lettered)."""
+    broker = runtime.broker
     metrics = runtime.dispatchers["charge"].metrics
     with Live(console=console, refresh_per_second=8) as live:
         while True:
             stats = await broker.stats(orders.name)
             dlq = await broker.stats(f"{orders.name}.dlq")
             elapsed = time.perf_counter() - started
-            live.update(_table(stats.depth, stats.in_flight, stats.delayed, metrics.succeeded,
-                               metrics.retried, dlq.total, elapsed,
-                               metrics.percentile_s(0.99)))
+            live.update(fit(_table(stats.depth, stats.in_flight, stats.delayed, metrics.succeeded,
+                                   metrics.retried, dlq.total, elapsed,
+                                   metrics.percentile_s(0.99)), console.width))
             if stats.total == 0:
-                break
+                return metrics.succeeded, metrics.retried, dlq.total
             await asyncio.sleep(0.125)
-    await runtime.stop()
-    console.line()
-    elapsed = time.perf_counter() - started
-    console.print(f"[bold green]drained[/] {metrics.succeeded:,} orders in {elapsed:.1f} s "
-                  f"({metrics.succeeded / elapsed:,.0f}/s); {metrics.retried} retried, "
-                  f"{dlq.total} dead-lettered.")
-    console.print("next: [bold]swell queues[/], [bold]swell dlq show demo.orders[/], "
-                  "[bold]swell dlq redrive demo.orders[/]")
 
 
 def _table(ready: int, in_flight: int, delayed: int, done: int, retried: int, dead: int,
            elapsed: float, p99: float | None) -> Table:
-    t = Table(header_style="bold", title="demo.orders", title_justify="left")
+    t = Table(header_style="bold")
+    t.add_column("queue")
     for col in ("ready", "in flight", "retry wait", "done", "retried", "dead-lettered", "rate",
                 "p99 handler"):
         t.add_column(col, justify="right")
     rate = done / elapsed if elapsed > 0 else 0.0
-    t.add_row(f"{ready:,}", f"{in_flight:,}", f"{delayed:,}", f"{done:,}", f"{retried:,}",
+    t.add_row(orders.name, f"{ready:,}", f"{in_flight:,}", f"{delayed:,}", f"{done:,}", f"{retried:,}",
               f"{dead:,}", f"{rate:,.0f}/s", "-" if p99 is None else f"{p99 * 1000:.1f} ms")
     return t

@@ -5,8 +5,11 @@ in order. Every event's progress is checkpointed in the kv store under the repla
 of stream, group, range, slice and sink), so Ctrl-C pauses and the same command resumes where it
 stopped; the live group's offsets are never read for work nor written. With a staging ``sink``
 (a topic), whatever the handler publishes goes there instead of where it was meant to go, with a
-dedup id derived from the replay, the source event and the publish's order, so an event done again
-after a crash publishes nothing new (counted as a duplicate suppressed).
+dedup id derived from the replay, the source event and the publish's order in that event's own
+handling (partitions run at once: nothing of one event's handling is shared with another's), so
+an event done again after a crash publishes nothing new (counted as a duplicate suppressed), as
+long as it comes within the topic's dedup window (``dedup_window``; on NATS the stream's duplicate
+window: a repeat after it publishes copies).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from swell.core.config import seconds
 from swell.core.errors import ConfigError, SwellError
 from swell.runtime.app import App, Function
 from swell.runtime.executor import InlineExecutor
-from swell.runtime.producer import Producer
+from swell.runtime.producer import Producer, Target, target_name
+from swell.runtime.retry import throttle_delay_s
 
 PREFIX = "swell/replays/"
 _AGO = re.compile(r"\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)")
@@ -165,7 +169,8 @@ class Replay:
 
     async def run(self, plan: Plan, progress: Callable[[int], None]) -> list[SliceResult]:
         gate = asyncio.Semaphore(self.concurrency)
-        executor = InlineExecutor(self.fn, self._producer(), max_units=self.partitions)
+        executor = InlineExecutor(self.fn, Producer(self.broker, source=f"/swell/replay/{self.id}"),
+                                  max_units=self.partitions)
         await executor.scale_to(self.partitions)
 
         async def one(s: SliceResult) -> SliceResult:
@@ -180,11 +185,6 @@ class Replay:
             return list(await asyncio.gather(*(one(s) for s in plan.slices)))
         finally:
             await executor.stop()
-
-    def _producer(self) -> Producer:
-        if self.sink is None:
-            return Producer(self.broker, source=f"/swell/replay/{self.id}")
-        return _SinkProducer(self.broker, self.sink, self.id)
 
     async def _partition(self, executor: InlineExecutor, s: SliceResult, p: int,
                          progress: Callable[[int], None]) -> None:
@@ -210,59 +210,60 @@ class Replay:
                 await self.broker.kv.put(self._key(s.index, p), msgspec.json.encode(position))
 
     async def _handle(self, executor: InlineExecutor, r: Record) -> tuple[bool, int]:
-        """Run the handler on one record, with the function's retries; (succeeded, duplicates)."""
-        attempts = self.fn.retry.attempts or 3
+        """Run the handler on one record, with the function's retries; (succeeded, duplicates
+        suppressed). Each record gets a producer of its own: partitions run at once, and what
+        one record's handling publishes must be named after that record alone."""
+        attempts = self.fn.retry.allowed()  # as its consumer group allows
+        dups = 0
         for attempt in range(1, attempts + 1):
             d = Delivery(receipt=Receipt(f"replay/{self.id}", r.offset, 0), body=r.body,
                          headers=r.headers, receive_count=attempt, enqueued_at=r.timestamp,
                          first_received_at=None)
-            sink = executor.producer
-            if isinstance(sink, _SinkProducer):
-                sink.source_event(r)
-            out = await executor.execute(d, {"deadline": None, "producer": executor.producer,
+            producer = self._producer(r)
+            out = await executor.execute(d, {"deadline": None, "producer": producer,
                                              "extend": _no_extend})
-            dups = sink.duplicates() if isinstance(sink, _SinkProducer) else 0
+            if isinstance(producer, _SinkProducer):
+                dups += producer.duplicates
             if out.kind == "ok":
                 return True, dups
             if out.kind in ("invalid", "malformed"):
                 return False, dups
             await asyncio.sleep(self.fn.retry.delay_s(attempt) if out.kind != "throttled"
-                                else out.retry_after_s or 1.0)
-        return False, 0
+                                else throttle_delay_s(out.retry_after_s))
+        return False, dups
+
+    def _producer(self, r: Record) -> Producer:
+        if self.sink is None:
+            return Producer(self.broker, source=f"/swell/replay/{self.id}")
+        return _SinkProducer(self.broker, self.sink, self.id, f"{r.partition}:{r.offset}")
 
 
 class _SinkProducer(Producer):
-    """Sends everything a replayed handler publishes to the staging topic, with dedup ids derived
-    from the replay, the source event and the publish's order within its handling."""
+    """Sends everything the handling of one record publishes to the staging topic, with dedup
+    ids derived from the replay, the record and the publish's order within its handling (a
+    retry publishes under the same ids: what its failed attempt stored is not stored again)."""
 
-    def __init__(self, broker: Broker, sink: str, replay_id: str) -> None:
+    def __init__(self, broker: Broker, sink: str, replay_id: str, record: str) -> None:
         super().__init__(broker, source=f"/swell/replay/{replay_id}", topics=[sink])
         self.sink = sink
-        self.replay_id = replay_id
-        self._source = ""
-        self._n = 0
-        self._dups = 0
+        self.prefix = f"replay-{replay_id}-{record}"
+        self.published = 0
+        self.duplicates = 0
+        """Publishes the topic had already (within its dedup window): not stored again."""
 
-    def source_event(self, r: Record) -> None:
-        self._source = f"{r.partition}:{r.offset}"
-        self._n = 0
-        self._dups = 0
-
-    def duplicates(self) -> int:
-        return self._dups
-
-    async def send(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
-        self._n += 1
-        attrs["id"] = f"replay-{self.replay_id}-{self._source}-{self._n}"
+    async def send(self, queue: Target, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
+        self.published += 1
+        attrs["id"] = f"{self.prefix}-{self.published}"
         attributes = dict(attrs.pop("attributes", None) or {})
-        attributes["replayof"] = queue[:200]
+        attributes["replayof"] = target_name(queue)[:200]
         event = self.event(self.sink, data, attributes=attributes, **attrs)
         stored = await self.publish_events(self.sink, [event], delay_s=delay_s, dedup=True)
-        self._dups += not stored[0]
+        self.duplicates += not stored[0]
         return event.id
 
-    async def publish(self, topic: str, data: Any, **attrs: Any) -> str:
-        return await self.send(topic, data, **attrs)
+    async def publish(self, target: Target, data: Any, *, delay_s: float = 0.0,
+                      **attrs: Any) -> str:
+        return await self.send(target, data, delay_s=delay_s, **attrs)
 
 
 async def _no_extend(seconds: float) -> bool:

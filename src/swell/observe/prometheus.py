@@ -3,9 +3,12 @@ outside autoscaler (KEDA's prometheus or metrics-api scaler) can scale on them t
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from swell.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from swell.runtime.runtime import Runtime
@@ -76,8 +79,12 @@ class SwellCollector:
             yield family
 
 
-def serve_metrics(runtime: Runtime, host: str, port: int) -> bool:
-    """Serve ``/metrics`` on ``host:port`` in a background thread; ``False`` if the port is taken."""
+def serve_metrics(runtime: Runtime, host: str, port: int, *, best_effort: bool = False) -> bool:
+    """Serve ``/metrics`` on ``host:port`` in a background thread.
+
+    A port that is taken (or an address that cannot be bound) is a ``ConfigError``: a scraper
+    pointed at it would read another process's numbers as this app's. With ``best_effort`` it is
+    a warning instead, and the result is ``False``."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=True)
@@ -85,7 +92,16 @@ def serve_metrics(runtime: Runtime, host: str, port: int) -> bool:
     try:
         start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        log.warning("metrics not served on %s:%d: %s", host, port, exc.strerror)
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why += " (another process has the port)"
+        if not best_effort:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {why}; choose another "
+                              "address with --metrics HOST:PORT, turn them off with --metrics "
+                              "off, or pass --metrics-best-effort to run without them if the "
+                              "port is taken") from None
+        log.warning("metrics not served on %s:%d: %s (best effort: running without them)",
+                    host, port, why)
         return False
     log.info("metrics on http://%s:%d/metrics", host, port)
     return True

@@ -4,13 +4,14 @@ Runtime does (``app.publish`` opens a broker of its own when no Runtime of the a
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from swell.brokers.base import KiB, QueueSpec, StreamSpec, SubscriptionSpec, TopicSpec
-from swell.core.config import Duration, seconds
-from swell.core.errors import AppError
+from swell.core.config import MAX_COUNT, Duration, seconds, whole
+from swell.core.errors import AppError, ConfigError
 from swell.core.patterns import Pattern, SubjectPattern
 from swell.idempotency import Idempotency
 from swell.runtime.handler import Handler
@@ -73,9 +74,8 @@ class Topic:
         ``filter`` (an EventBridge-style event pattern, as JSON or as a dict) go into its own
         queue, ``<topic>.<name>``, with its own retries, dead-letter queue and scaling. An invalid
         pattern raises ``PatternError`` here."""
-        _check_name("subscription", name)
-        if "." in name:
-            raise AppError(f"bad subscription name {name!r}: use letters, digits, '-' or '_'")
+        check_name("subscription", name, dots=False)
+        _derived(f"{self.name}.{name}", f"the queue of subscription {name!r}")
         queue = self.app.queue(f"{self.name}.{name}", visibility_timeout=visibility_timeout,
                                max_receives=max_receives, dead_letter=dead_letter,
                                max_message_bytes=self.spec.max_message_bytes,
@@ -128,10 +128,10 @@ class Stream:
 
     def group(self, name: str, *, checkpoint_every: int = 100,
               checkpoint_interval: Duration = 1.0) -> Group:
-        _check_name("group", name)
-        if checkpoint_every < 1:
-            raise AppError(f"group {name!r}: checkpoint_every must be at least 1")
-        dlq = QueueSpec(name=f"{self.name}.{name}.dlq", max_receives=0, is_dead_letter=True,
+        check_name("group", name, dots=False)
+        _whole(checkpoint_every, f"group {name!r}: checkpoint_every", low=1)
+        dlq_name = _derived(f"{self.name}.{name}.dlq", f"the dead-letter queue of group {name!r}")
+        dlq = QueueSpec(name=dlq_name, max_receives=0, is_dead_letter=True,
                         max_message_bytes=self.spec.max_message_bytes + 16 * KiB)
         self.app.queues.setdefault(dlq.name, Queue(dlq))
         return Group(self.spec, name, checkpoint_every,
@@ -157,6 +157,13 @@ class Function:
     """For a function on a stream's consumer group (its ``queue`` is then the group's dead-letter
     queue)."""
     idempotency: Idempotency | None = None
+    competing: bool = False
+    """Declared to share its queue (or group) with other functions, each event going to one."""
+
+    @property
+    def consumes(self) -> str:
+        """What it consumes: its queue, or its stream's consumer group."""
+        return f"group {self.group.key!r}" if self.group is not None else f"queue {self.queue.name!r}"
 
     def controller(self) -> Controller:
         """A fresh controller for one runtime (controllers keep state)."""
@@ -191,8 +198,8 @@ class App:
         ``app.limiter("payments-api", rate="100/s", concurrency=20)``."""
         if rate is None and concurrency is None:
             raise AppError(f"limiter {name!r} needs a rate, a concurrency or both")
-        if concurrency is not None and concurrency < 1:
-            raise AppError(f"limiter {name!r}: concurrency must be at least 1")
+        if concurrency is not None:
+            _whole(concurrency, f"limiter {name!r}: concurrency", low=1)
         lim = Limiter(name, None if rate is None else RateLimit(rate, burst), concurrency)
         if self.limiters.get(name, lim) != lim:
             raise AppError(f"limiter {name!r} is declared twice with different settings")
@@ -217,13 +224,13 @@ class App:
               dedup_window: Duration = 300.0) -> Topic:
         """Declare a topic: ``publish`` to it, and ``subscribe`` to it. ``retention`` is how long
         a backend that keeps a topic's log (NATS) keeps it."""
-        _check_name("topic", name)
-        if name in self.queues:
-            raise AppError(f"{name!r} is a queue already: a topic needs a name of its own (a send "
-                           "to a name must know where it goes)")
-        spec = TopicSpec(name=name, retention_s=seconds(retention, name="retention"),
-                         max_message_bytes=max_message_bytes,
-                         dedup_window_s=seconds(dedup_window, name="dedup_window"))
+        check_name("topic", name)
+        self._check_free(name, "topic")
+        what = f"topic {name!r}"
+        spec = TopicSpec(name=name,
+                         retention_s=seconds(retention, name=f"{what}: retention", positive=True),
+                         max_message_bytes=_message_bytes(what, max_message_bytes),
+                         dedup_window_s=seconds(dedup_window, name=f"{what}: dedup_window"))
         existing = self.topics.get(name)
         if existing is not None:
             if existing.spec != spec:
@@ -236,12 +243,14 @@ class App:
                max_message_bytes: int = 256 * KiB) -> Stream:
         """Declare a partitioned stream: an event's partition is a stable hash of its ``key``;
         order holds per partition; events older than ``retention`` may be dropped."""
-        _check_name("stream", name)
-        if partitions < 1:
-            raise AppError(f"stream {name!r}: partitions must be at least 1")
-        spec = StreamSpec(name=name, partitions=partitions,
-                          retention_s=seconds(retention, name="retention"),
-                          max_message_bytes=max_message_bytes)
+        check_name("stream", name)
+        self._check_free(name, "stream")
+        what = f"stream {name!r}"
+        spec = StreamSpec(name=name,
+                          partitions=_whole(partitions, f"{what}: partitions", low=1,
+                                            high=MAX_PARTITIONS),
+                          retention_s=seconds(retention, name=f"{what}: retention", positive=True),
+                          max_message_bytes=_message_bytes(what, max_message_bytes))
         existing = self.streams.get(name)
         if existing is not None:
             if existing.spec != spec:
@@ -250,16 +259,20 @@ class App:
         stream = self.streams[name] = Stream(self, spec)
         return stream
 
-    async def publish(self, topic: Topic | str, data: Any, *, subject: str | None = None,
+    async def publish(self, target: Queue | Topic | Stream | str, data: Any, *,
+                      subject: str | None = None, key: str | None = None,
                       attributes: Mapping[str, Any] | None = None, broker: str | None = None,
                       **attrs: Any) -> str:
-        """Publish one event to ``topic`` from anywhere (not only from a handler): through the
-        running Runtime of this app, or else through a broker of the app's own (``broker``, else
-        ``SWELL_BROKER`` or the embedded default), on which the app's topics and subscriptions
-        are declared first. Returns the event's id. ``await app.close()`` closes that broker."""
-        name = topic.name if isinstance(topic, Topic) else topic
+        """Put one event where ``target`` (a declared queue, topic or stream, or its name) says,
+        from anywhere (not only from a handler): send it to a queue, publish it to a topic
+        (``subject`` is its routing key) or append it to a stream (``key`` is its partition key;
+        without one the event's id is, so events spread over the partitions). It goes through
+        the running Runtime of this app, or else through a broker of the app's own (``broker``,
+        else ``SWELL_BROKER`` or the embedded default), on which everything the app declares is
+        declared first. Returns the event's id. ``await app.close()`` closes that broker."""
         producer = self._producer or await self._open(broker)
-        return await producer.publish(name, data, subject=subject, attributes=attributes, **attrs)
+        return await producer.publish(target, data, subject=subject, key=key,
+                                      attributes=attributes, **attrs)
 
     if TYPE_CHECKING:
         from swell.outbox import Outbox
@@ -293,7 +306,8 @@ class App:
             await broker.close()
             raise
         self._own = broker
-        self._producer = Producer(broker, source=f"/swell/{self.name}", topics=set(self.topics))
+        self._producer = Producer(broker, source=f"/swell/{self.name}", topics=set(self.topics),
+                                  streams=set(self.streams))
         return self._producer
 
     async def close(self) -> None:
@@ -307,18 +321,23 @@ class App:
               dedup_window: Duration = 300.0, _subscription: bool = False) -> Queue:
         """Declare a queue. After ``max_receives`` deliveries a message moves to ``dead_letter``
         (``<name>.dlq`` unless named); ``max_receives=0`` never dead-letters on its own."""
-        _check_name("queue", name)
+        check_name("queue", name)
         if not _subscription and name in self.subscriptions:
             raise AppError(f"queue {name!r} is the queue of a subscription; name the queue otherwise")
-        if name in self.topics:
-            raise AppError(f"{name!r} is a topic already: a queue needs a name of its own")
-        if max_receives < 0:
-            raise AppError(f"queue {name!r}: max_receives must be >= 0")
-        spec = QueueSpec(name=name, visibility_timeout_s=seconds(visibility_timeout,
-                                                                 name="visibility_timeout"),
-                         max_receives=max_receives, dead_letter=dead_letter,
-                         max_message_bytes=max_message_bytes,
-                         dedup_window_s=seconds(dedup_window, name="dedup_window"))
+        self._check_free(name, "queue")
+        what = f"queue {name!r}"
+        if dead_letter is not None:
+            check_name("dead-letter queue", dead_letter)
+        else:
+            _derived(f"{name}.dlq", f"the dead-letter queue of {what}")
+        spec = QueueSpec(name=name,
+                         visibility_timeout_s=seconds(visibility_timeout,
+                                                      name=f"{what}: visibility_timeout",
+                                                      positive=True),
+                         max_receives=_whole(max_receives, f"{what}: max_receives"),
+                         dead_letter=dead_letter,
+                         max_message_bytes=_message_bytes(what, max_message_bytes),
+                         dedup_window_s=seconds(dedup_window, name=f"{what}: dedup_window"))
         existing = self.queues.get(name)
         if existing is not None and existing.spec != spec:
             raise AppError(f"queue {name!r} is declared twice with different settings")
@@ -330,7 +349,8 @@ class App:
                  mode: Mode = "inline", min_instances: int = 0,
                  rate_limit: RateLimit | str | None = None,
                  limiters: Sequence[Limiter | str] = (), name: str | None = None,
-                 idempotency: Idempotency | None = None) -> Callable[[F], F]:
+                 idempotency: Idempotency | None = None,
+                 competing: bool = False) -> Callable[[F], F]:
         """Run the decorated handler for every event of ``trigger``.
 
         ``concurrency``: a controller (``Auto(...)``, the default, scales with the work) or a fixed
@@ -340,15 +360,20 @@ class App:
         handler running past ``timeout`` counts as failed. ``rate_limit`` caps this function's
         calls per second; ``limiters`` names limiters shared with other functions.
         ``idempotency``: run the handler once per idempotency key (see ``swell.Idempotency``).
+
+        One queue (or consumer group) feeds one function: each event goes to one consumer, so a
+        second function on it would take a share of the events, not a copy of each. For each
+        function to get every event, publish to a topic and give each its own subscription. Two
+        or more functions that are meant to split the events pass ``competing=True``, each of them
+        (the first one declared too: whoever reads it learns that it gets only a share).
         """
         group = trigger if isinstance(trigger, Group) else None
         queue = self._trigger(trigger.dead_letter.name if isinstance(trigger, Group) else trigger)
         controller = _controller(concurrency)
         if mode not in ("inline", "process"):
             raise AppError(f"mode must be 'inline' or 'process', not {mode!r}")
-        if min_instances < 0 or min_instances > controller.max_units:
-            raise AppError(f"min_instances must be between 0 and {controller.max_units}")
-        timeout_s = None if timeout is None else seconds(timeout, name="timeout")
+        _whole(min_instances, "min_instances", high=controller.max_units)
+        timeout_s = None if timeout is None else seconds(timeout, name="timeout", positive=True)
         limit = RateLimit(rate_limit) if isinstance(rate_limit, str) else rate_limit
         names = tuple(lim.name if isinstance(lim, Limiter) else lim for lim in limiters)
         for n in names:
@@ -359,12 +384,41 @@ class App:
             fname: str = name or getattr(fn, "__name__", None) or "handler"
             if fname in self.functions:
                 raise AppError(f"function {fname!r} is declared twice")
-            self.functions[fname] = Function(fname, queue, Handler.inspect(fn), controller,
-                                             retry or Retry(), timeout_s, mode, min_instances,
-                                             limit, names, group, idempotency)
+            new = Function(fname, queue, Handler.inspect(fn), controller, retry or Retry(),
+                           timeout_s, mode, min_instances, limit, names, group, idempotency,
+                           competing)
+            self._check_sharing(new)
+            self.functions[fname] = new
             return fn
 
         return register
+
+    def _check_sharing(self, new: Function) -> None:
+        """Refuse a second function on one queue or group unless each says ``competing=True``."""
+        others = [f for f in self.functions.values() if f.consumes == new.consumes]
+        if not others or (new.competing and all(f.competing for f in others)):
+            return
+        names = ", ".join(repr(f.name) for f in others)
+        if new.group is not None:
+            hint = (f"for each to see every event, give each a group of its own (another "
+                    f"group of stream {new.group.stream.name!r})")
+        else:
+            topic = self.subscriptions.get(new.queue.name)
+            hint = ("for each to get every event, publish to a topic and give each function its "
+                    "own subscription" + (f" (another {topic.topic}.subscribe(...))" if topic else
+                                          " (app.topic(...).subscribe(...))"))
+        raise AppError(f"{new.consumes} already feeds function {names}: two functions on it split its "
+                       f"events between them, each event to one; {hint}; if they are meant to "
+                       "compete for the events, pass competing=True to each of them")
+
+    def _check_free(self, name: str, kind: str) -> None:
+        """Refuse a name another kind of target has: a publish to a name must know where it goes."""
+        for other, names in (("queue", self.queues), ("topic", self.topics),
+                             ("stream", self.streams)):
+            if other != kind and name in names:
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise AppError(f"{name!r} is a {other} already: {article} {kind} needs a name of "
+                               "its own (a publish to a name must know where it goes)")
 
     def _trigger(self, trigger: Queue | str) -> Queue:
         if isinstance(trigger, Queue):
@@ -374,9 +428,55 @@ class App:
         raise AppError(f"unknown queue {trigger!r}: declare it first with app.queue({trigger!r})")
 
 
-def _check_name(kind: str, name: str) -> None:
-    if not name or any(c.isspace() for c in name):
-        raise AppError(f"bad {kind} name {name!r}: use letters, digits, '.', '-' or '_'")
+MAX_NAME = 80
+"""The longest name of a queue, topic, stream or group, and of a queue swell names after them
+(``<queue>.dlq``, ``<topic>.<subscription>``, ``<stream>.<group>.dlq``): what every backend can
+take (a NATS stream's name holds it, escaped, within the server's 255 characters)."""
+MAX_PARTITIONS = 4096
+MAX_MESSAGE_BYTES = 64 * 1024 * KiB
+"""The largest ``max_message_bytes`` (64 MiB, the most a NATS server can be set to carry)."""
+_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_name(kind: str, name: object, *, dots: bool = True) -> str:
+    """``name`` if it follows the one naming rule of every backend: 1 to 80 characters, letters,
+    digits, ``_`` and ``-`` (in segments joined by ``.``, unless ``dots`` is false); else an
+    ``AppError`` that quotes the name (shortened)."""
+    if not isinstance(name, str):
+        raise AppError(f"a {kind} name must be a string, not {type(name).__name__}")
+    if len(name) <= MAX_NAME and (_NAME if dots else _SEGMENT).fullmatch(name):
+        return name
+    rule = ("letters, digits, '_' and '-', in segments joined by '.' (like orders.eu)" if dots
+            else "letters, digits, '_' and '-' (no '.')")
+    raise AppError(f"bad {kind} name {shorten(name)}: a name is 1 to {MAX_NAME} characters: {rule}; "
+                   "the same rule holds on every backend")
+
+
+def shorten(name: str, keep: int = 40) -> str:
+    """``repr(name)``, cut to ``keep`` characters and its length said when it is longer."""
+    if len(name) <= keep:
+        return repr(name)
+    return f"{name[:keep]!r}... ({len(name):,} characters)"
+
+
+def _derived(name: str, what: str) -> str:
+    """A queue name swell derives (``<queue>.dlq``...), within the length every backend takes."""
+    if len(name) > MAX_NAME:
+        raise AppError(f"{what} would be {shorten(name)}, over the {MAX_NAME} characters a name "
+                       "may have: choose a shorter name")
+    return name
+
+
+def _whole(value: object, what: str, *, low: int = 0, high: int = MAX_COUNT) -> int:
+    try:
+        return whole(value, name=what, low=low, high=high)
+    except ConfigError as exc:
+        raise AppError(str(exc)) from None
+
+
+def _message_bytes(what: str, value: object) -> int:
+    return _whole(value, f"{what}: max_message_bytes", low=1, high=MAX_MESSAGE_BYTES)
 
 
 async def declare(app: App, broker: Broker) -> None:

@@ -15,7 +15,7 @@ from swell.idempotency import Once
 
 if TYPE_CHECKING:
     from swell.idempotency import IdempotencyStore
-    from swell.runtime.producer import Producer
+    from swell.runtime.producer import Producer, Target
 
 T = TypeVar("T")
 log = logging.getLogger("swell.handler")
@@ -58,16 +58,20 @@ class Context:
         """Seconds left before the handler's timeout, if it has one."""
         return None if self.deadline is None else self.deadline - self._loop.time()
 
-    def _publish(self, target: str, data: Any, delay_s: float,
+    def _publish(self, target: Target, data: Any, delay_s: float,
                  attrs: dict[str, Any]) -> Coroutine[Any, Any, str]:
         attrs.setdefault("correlationid", self.event.correlationid or self.event.id)
         attrs.setdefault("traceparent", self.event.traceparent)
-        return self._producer.send(target, data, delay_s=delay_s, **attrs)
+        return self._producer.publish(target, data, delay_s=delay_s, **attrs)
 
-    async def publish(self, target: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
-        """Send an event onward to a queue, or publish it to a topic (``subject=`` is its routing
-        key, ``attributes=`` its extension attributes); the correlation id (and trace context)
-        of this event go with it. Returns the new event's id."""
+    async def publish(self, target: Target, data: Any, *, delay_s: float = 0.0,
+                      **attrs: Any) -> str:
+        """Send an event onward: to a queue, a topic (``subject=`` is its routing key,
+        ``attributes=`` its extension attributes) or a stream (``key=`` is its partition key; an
+        event without one has its id as its partition key, so events spread over the
+        partitions). ``target`` is the declared ``Queue``, ``Topic`` or ``Stream``, or its name.
+        The correlation id (and trace context) of this event go with it. Returns the new
+        event's id."""
         return await self._publish(target, data, delay_s, attrs)
 
     async def extend(self, seconds: float) -> bool:
@@ -126,7 +130,7 @@ class SyncContext(Context):
     def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def publish(self, target: str, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
+    def publish(self, target: Target, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
                 **attrs: Any) -> str:
         return self._wait(self._publish(target, data, delay_s, attrs))
 

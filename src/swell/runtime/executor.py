@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from types import CoroutineType
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -53,28 +55,78 @@ def describe_validation(exc: pydantic.ValidationError) -> str:
                      for e in exc.errors(include_url=False))
 
 
-def bind(fn: Function, d: Delivery, context: type[Context], extras: dict[str, Any]
+def bind(fn: Function, body: bytes, context: Callable[[Event[Any]], Context]
          ) -> tuple[Event[Any], dict[str, Any]] | Outcome:
-    """Decode and validate an event for ``fn``: its call arguments, or the outcome that ends it."""
+    """Decode and validate an event for ``fn``: its call arguments, or the outcome that ends it.
+    Whatever goes wrong here is the event's fault, never the runtime's: anything raised while
+    decoding makes it ``malformed``, while validating ``invalid``; either is dead-lettered at once.
+    ``context(event)`` makes the handler's Context (called only for a handler that takes one)."""
     try:
-        event = Event.from_json(d.body)
-        ctx = None
-        if fn.handler.context is not None:  # built only for a handler that takes one
-            ctx = context(event=event, delivery=d, function=fn.name, **extras)
-        return event, fn.handler.arguments(event, ctx)
+        event = Event.from_json(body)
     except PayloadError as exc:
         return Outcome("malformed", str(exc))
+    except Exception as exc:  # a body built to break the decoder: it must not break the runtime
+        return Outcome("malformed", f"cannot decode the event: {describe(exc)}")
+    try:
+        ctx = None if fn.handler.context is None else context(event)
+        return event, fn.handler.arguments(event, ctx)
     except pydantic.ValidationError as exc:
         return Outcome("invalid", describe_validation(exc))
+    except PayloadError as exc:
+        return Outcome("malformed", str(exc))
+    except Exception as exc:  # a validator that raised something else (RecursionError, ...)
+        return Outcome("invalid", f"cannot validate the payload: {describe(exc)}")
 
 
-def outcome_of(exc: Exception, timeout_s: float | None, timed_out: bool, service_s: float) -> Outcome:
-    """The outcome of a handler that raised."""
+class NotRun(Exception):
+    """A handler's call gave back something that is not its work done (a coroutine that nobody
+    awaits, a generator): the event must not be acked as if it had run."""
+
+
+def check_result(fn: Function, value: Any) -> Any:
+    """``value``, the result of a handler called without ``await``; ``NotRun`` if it is a
+    coroutine or other awaitable (closed, so Python does not warn it was never awaited) or a
+    generator."""
+    if not (inspect.isawaitable(value) or inspect.isgenerator(value) or inspect.isasyncgen(value)):
+        return value
+    if inspect.iscoroutine(value) or inspect.isgenerator(value):
+        value.close()
+    raise NotRun(f"handler {fn.name!r} returned a {type(value).__name__} instead of running: make it an "
+                 "`async def` that swell can see (a decorator around it should use "
+                 "functools.wraps, or be `async def` itself and await it)")
+
+
+def _call_sync(fn: Function, kwargs: dict[str, Any]) -> Any:
+    return check_result(fn, fn.handler.fn(**kwargs))
+
+
+async def _given(value: Any) -> Any:
+    return value
+
+
+def outcome_of(exc: BaseException, timeout_s: float | None, timed_out: bool, service_s: float
+               ) -> Outcome:
+    """The outcome of a handler that raised. ``SystemExit`` and ``KeyboardInterrupt`` out of a
+    handler are its own failure, not a request to stop the runtime."""
     if isinstance(exc, Throttled):
         return Outcome("throttled", describe(exc), exc.retry_after_s, service_s)
     if timed_out:
         return Outcome("timeout", f"timed out after {timeout_s:g}s", None, service_s)
-    return Outcome("failed", describe(exc), None, service_s)
+    error = describe(exc)
+    if isinstance(exc, SystemExit | KeyboardInterrupt):
+        error += " (raised by the handler)"
+    return Outcome("failed", error, None, service_s)
+
+
+def log_failure(fn: str, event_id: str, attempt: int, exc: BaseException | str) -> None:
+    """The one log record of a handler's failed attempt, with its traceback (an exception, or its
+    text from a worker process)."""
+    if isinstance(exc, NotRun):
+        log.error("%s: event %s, attempt %d: %s", fn, event_id, attempt, exc)
+    elif isinstance(exc, str):
+        log.warning("%s: event %s, attempt %d failed:\n%s", fn, event_id, attempt, exc.rstrip())
+    else:
+        log.warning("%s: event %s, attempt %d failed", fn, event_id, attempt, exc_info=exc)
 
 
 async def once(function: str, idem: Idempotency, store: IdempotencyStore, d: Delivery, lease_s: float,
@@ -86,9 +138,13 @@ async def once(function: str, idem: Idempotency, store: IdempotencyStore, d: Del
     handler's Context shares with this (``skip_idempotency`` marks it)."""
     try:
         event = Event.from_json(d.body)
-        key, print_ = idem.key_of(event), fingerprint(event.data)
+        print_ = fingerprint(event.data)
     except PayloadError as exc:
         return Outcome("malformed", str(exc))
+    except Exception as exc:  # a body built to break the decoder (or the fingerprint)
+        return Outcome("malformed", f"cannot decode the event: {describe(exc)}")
+    try:
+        key = idem.key_of(event)
     except IdempotencyConflict as exc:
         return Outcome("invalid", str(exc))
     except Exception as exc:  # the user's key function raised
@@ -165,35 +221,42 @@ class InlineExecutor:
     async def scale_to(self, units: int) -> None:
         self._units = units
 
+    def _make_context(self, d: Delivery, extras: dict[str, Any], event: Event[Any]) -> Context:
+        return self._context(event=event, delivery=d, function=self.fn.name, **extras)
+
     async def execute(self, d: Delivery, extras: dict[str, Any]) -> Outcome:
-        bound = bind(self.fn, d, self._context, extras)
+        bound = bind(self.fn, d.body, partial(self._make_context, d, extras))
         if isinstance(bound, Outcome):
             return bound
-        _, kwargs = bound
+        event, kwargs = bound
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = extras.get("deadline")
         thread = None
-        if self._threads is None:
-            call: Any = self.fn.handler.fn(**kwargs)
-        else:
-            thread = loop.run_in_executor(self._threads, partial(self.fn.handler.fn, **kwargs))
-            call = asyncio.shield(thread)
         try:
+            if self._threads is None:
+                call: Any = self.fn.handler.fn(**kwargs)
+                if type(call) is not CoroutineType and not inspect.isawaitable(call):
+                    call = _given(check_result(self.fn, call))  # a decorator gave a value
+            else:
+                thread = loop.run_in_executor(self._threads, _call_sync, self.fn, kwargs)
+                call = asyncio.shield(thread)
             if deadline is None:
                 result = await call
             else:
                 async with asyncio.timeout_at(deadline):
                     result = await call
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # (a handler's SystemExit or KeyboardInterrupt too: out of here it would stop the loop)
             timed_out = (isinstance(exc, TimeoutError) and deadline is not None
                          and loop.time() >= deadline)
             if thread is not None and not thread.done():
                 self._stuck += 1
                 thread.add_done_callback(self._unstick)
-            return outcome_of(exc, self.fn.timeout_s, timed_out, loop.time() - started)
+            out = outcome_of(exc, self.fn.timeout_s, timed_out, loop.time() - started)
+            if out.kind == "failed":
+                log_failure(self.fn.name, event.id, d.receive_count, exc)
+            return out
         return Outcome("ok", service_s=loop.time() - started, result=result)
 
     async def stop(self) -> None:

@@ -1,4 +1,6 @@
-"""What a handler asks for, read once from its signature: payload type, ``Event[T]``, ``Context``."""
+"""What a handler asks for, read once from its signature: payload type, ``Event[T]``, ``Context``;
+and whether it is async, seen through decorators that hide it (``functools.wraps`` leaves
+``__wrapped__``), so that an ``async def`` under a plain ``def`` decorator is awaited."""
 
 from __future__ import annotations
 
@@ -32,9 +34,10 @@ class Handler:
 
     @classmethod
     def inspect(cls, fn: Callable[..., Any]) -> Handler:
-        name = getattr(fn, "__qualname__", repr(fn))
+        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+        is_async = _is_async(fn, name)
         try:
-            hints = typing.get_type_hints(fn)
+            hints = typing.get_type_hints(_annotated(fn), include_extras=True)
         except Exception as exc:  # a NameError or worse from the user's annotations
             raise AppError(f"cannot read the annotations of {name}: {exc}") from exc
         payload = context = None
@@ -60,8 +63,7 @@ class Handler:
             elif p.default is inspect.Parameter.empty:
                 raise AppError(f"{name}: parameter {p.name!r} has no value to receive; a handler "
                                "takes one payload (or Event[T]) and optionally a Context")
-        return cls(fn, inspect.iscoroutinefunction(fn), payload, wants_event, wants_bytes, adapter,
-                   context)
+        return cls(fn, is_async, payload, wants_event, wants_bytes, adapter, context)
 
     def arguments(self, event: Event[Any], ctx: Context | None) -> dict[str, Any]:
         """Keyword arguments for one call; raises ``pydantic.ValidationError`` on a bad payload.
@@ -80,3 +82,24 @@ class Handler:
         if self.context is not None:
             kwargs[self.context] = ctx
         return kwargs
+
+
+def _annotated(fn: Callable[..., Any]) -> Any:
+    """What carries ``fn``'s annotations: itself, or the ``__call__`` of a callable object."""
+    call = inspect.getattr_static(type(fn), "__call__", None)
+    return call if inspect.isfunction(call) and not inspect.isroutine(fn) else fn
+
+
+def _is_async(fn: Callable[..., Any], name: str) -> bool:
+    """Whether calling ``fn`` gives an awaitable: an ``async def``, also under decorators that
+    say what they wrap (``functools.wraps``) and as a callable object's ``__call__``. A generator
+    (async or not) is refused: calling it runs none of its body, and what it yields has nowhere
+    to go."""
+    inner = inspect.unwrap(fn)
+    seen = dict.fromkeys((fn, inner, _annotated(fn), _annotated(inner)))
+    for f in seen:
+        if inspect.isasyncgenfunction(f) or inspect.isgeneratorfunction(f):
+            kind = "an async generator" if inspect.isasyncgenfunction(f) else "a generator"
+            raise AppError(f"{name} is {kind} (it yields): a handler returns when its work is "
+                           "done; send events onward with ctx.publish(...) instead of yielding them")
+    return any(inspect.iscoroutinefunction(f) for f in seen)

@@ -25,7 +25,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal
@@ -33,12 +33,16 @@ from typing import Any, Literal
 import msgspec
 
 from swell.brokers.base import Delivery
-from swell.core.errors import AppError
+from swell.core.errors import AppError, InProgress
+from swell.core.event import Event
+from swell.idempotency import Once
 from swell.runtime.app import App, Function
-from swell.runtime.executor import Outcome, describe
+from swell.runtime.context import Context
+from swell.runtime.executor import Outcome, describe, log_failure
 from swell.runtime.producer import Producer
 from swell.runtime.worker import (
     _HEADER,
+    _Block,
     _decode_in_parent,
     _Done,
     _Extend,
@@ -58,6 +62,7 @@ log = logging.getLogger("swell.process")
 
 PublishFn = Callable[[str, Any, dict[str, Any]], Awaitable[str]]
 ExtendFn = Callable[[float], Awaitable[bool]]
+BlockFn = Callable[[_Block], Awaitable[Any]]
 
 ASYNC_GRACE_S = 1.0   # an async handler is timed out by its worker; the parent kills it this much later
 EXIT_WAIT_S = 2.0     # for an instance to exit after its channel closed, before SIGKILL
@@ -99,6 +104,7 @@ class _Instance:
         self.exited = asyncio.Event()
         self.result: asyncio.Future[_Done] | None = None
         self.extend: ExtendFn | None = None
+        self.block: BlockFn | None = None
 
 
 class ProcessPool:
@@ -243,9 +249,11 @@ class ProcessPool:
             log.error("%s: %d instance(s) did not end", self.function, len(self._tasks))
 
     # -- running an event -----------------------------------------------------------------------------
-    async def run(self, body: bytes, attempt: int, *, extend: ExtendFn | None = None) -> Outcome:
+    async def run(self, body: bytes, attempt: int, *, extend: ExtendFn | None = None,
+                  block: BlockFn | None = None) -> Outcome:
         """Run one event (its CloudEvents JSON bytes) in an idle instance, waiting for one (and
-        starting one if none is on its way). ``extend`` serves the handler's ``ctx.extend``.
+        starting one if none is on its way). ``extend`` serves the handler's ``ctx.extend``,
+        ``block`` its ``ctx.idempotent`` and ``ctx.skip_idempotency`` (see ``Blocks``).
 
         A cancelled run kills its instance: the event goes back to its queue, so its handler
         must not go on.
@@ -258,7 +266,7 @@ class ProcessPool:
             return Outcome("crashed", f"instance {inst.pid} ended before the event was sent")
         loop = asyncio.get_running_loop()
         inst.result = result = loop.create_future()
-        inst.extend = extend
+        inst.extend, inst.block = extend, block
         sent = loop.time()
         limit = self.timeout_s
         if limit is not None and inst.is_async:
@@ -280,12 +288,14 @@ class ProcessPool:
             raise
         finally:
             inst.result = None
-            inst.extend = None
+            inst.extend = inst.block = None
             self._last_busy = time.monotonic()
         if inst.runs == 0:
             self.first_invocation_times_s.append(sent - inst.spawned_at + done.queued_s)
         inst.runs += 1
         self._release(inst)
+        if done.trace is not None:
+            log_failure(self.function, done.event_id or "?", attempt, done.trace)
         outcome: Outcome = done.outcome
         return outcome
 
@@ -411,7 +421,7 @@ class ProcessPool:
             if isinstance(msg, _Done):
                 if inst.result is not None and not inst.result.done():
                     inst.result.set_result(msg)
-            elif isinstance(msg, _Publish | _Extend):
+            elif isinstance(msg, _Publish | _Extend | _Block):
                 reply = await self._answer(inst, msg)
                 assert inst.writer is not None
                 with suppress(ConnectionError):
@@ -425,10 +435,14 @@ class ProcessPool:
             else:
                 inst.error = msg.error
 
-    async def _answer(self, inst: _Instance, msg: _Publish | _Extend) -> _Reply:
+    async def _answer(self, inst: _Instance, msg: _Publish | _Extend | _Block) -> _Reply:
         try:
             if isinstance(msg, _Publish):
                 return _Reply(await self._on_publish(msg.queue, msg.data, msg.attrs))
+            if isinstance(msg, _Block):
+                if inst.block is None:
+                    raise AppError("ctx.idempotent is not served here")
+                return _Reply(await inst.block(msg))
             return _Reply(inst.extend is not None and await inst.extend(msg.seconds))
         except Exception as exc:
             return _Reply(error=str(exc), error_type=type(exc).__name__)
@@ -548,6 +562,57 @@ def _locate(match: Callable[[object], bool], first: list[str], what: str) -> str
 
 
 # -- the executor --------------------------------------------------------------------------------------
+class Blocks:
+    """The parent's half of a worker's ``ctx.idempotent`` and ``ctx.skip_idempotency``: they run
+    on a Context of the event made here, where the broker is, so their records and their
+    sharing with the function's idempotency key are those of an inline handler."""
+
+    def __init__(self, context: Callable[[], Context]) -> None:
+        self._make = context
+        self._context: Context | None = None
+        self._open: dict[int, tuple[AbstractAsyncContextManager[Once], Once]] = {}
+        self._tokens = 0
+
+    async def __call__(self, msg: _Block) -> Any:
+        if self._context is None:
+            self._context = self._make()
+        if msg.op == "skip":
+            self._context.skip_idempotency(msg.key)
+            return None
+        if msg.op == "begin":
+            block = self._context.idempotent(msg.key)
+            try:
+                once = await block.__aenter__()
+            except InProgress:
+                return None
+            if once.done:
+                await block.__aexit__(None, None, None)
+                return [0, True, once.result]
+            self._tokens += 1
+            self._open[self._tokens] = block, once
+            return [self._tokens, False, None]
+        block, once = self._open.pop(msg.token)
+        if msg.op == "done":
+            once.result = msg.result
+            await block.__aexit__(None, None, None)
+        else:
+            await _fail(block, "the block raised in the worker")
+        return None
+
+    async def close(self) -> None:
+        """Blocks the worker left open (it died or was killed in one) failed: their keys are
+        forgotten, so a retry runs them."""
+        while self._open:
+            _, (block, _) = self._open.popitem()
+            await _fail(block, "the instance ended inside the block")
+
+
+async def _fail(block: AbstractAsyncContextManager[Once], why: str) -> None:
+    error = AppError(why)
+    with suppress(AppError):
+        await asyncio.shield(block.__aexit__(AppError, error, None))
+
+
 class ProcessExecutor:
     """The Dispatcher's Executor for ``mode="process"``: units are instances of a ProcessPool.
 
@@ -559,6 +624,7 @@ class ProcessExecutor:
         async def publish(queue: str, data: Any, attrs: dict[str, Any]) -> str:
             return await producer.send(queue, data, **attrs)
 
+        self.fn = fn
         self.starting = self.cold_starts = 0
         self.on_change: Callable[[], None] | None = None
         self.pool = ProcessPool(locate(fn), fn.name, timeout_s=fn.timeout_s,
@@ -577,7 +643,13 @@ class ProcessExecutor:
         await self.pool.scale_to(units)
 
     async def execute(self, d: Delivery, extras: dict[str, Any]) -> Outcome:
-        return await self.pool.run(d.body, d.receive_count, extend=extras.get("extend"))
+        blocks = Blocks(lambda: Context(event=Event.from_json(d.body), delivery=d,
+                                        function=self.fn.name, **extras))
+        try:
+            return await self.pool.run(d.body, d.receive_count, extend=extras.get("extend"),
+                                       block=blocks)
+        finally:
+            await blocks.close()
 
     async def stop(self) -> None:
         # the Dispatcher has waited out its grace and cancelled what was left (killing those)

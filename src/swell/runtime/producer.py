@@ -1,42 +1,76 @@
-"""Build events and send them to queues or publish them to topics: used by ``Context.publish``,
-``App.publish``, the runtime and ``swell send``."""
+"""Build events and put them where they go: sent to a queue, published to a topic or appended to
+a stream. Used by ``Context.publish``, ``App.publish``, the runtime and ``swell send``.
+
+A target is a declared ``Queue``, ``Topic`` or ``Stream``, or its name; every caller takes the
+same. A name is looked up in what the producer knows, then tried as a queue (the common case,
+one call), then looked up on the broker; a name that is none of them is an ``UnknownTarget`` that
+names what exists."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 from swell.brokers.base import Broker, Message
 from swell.core.clock import SYSTEM_CLOCK, Clock
-from swell.core.errors import PayloadError, UnknownQueue
+from swell.core.errors import ConfigError, PayloadError, UnknownQueue
 from swell.core.event import RESERVED_ATTRIBUTES, Event
+from swell.runtime.app import Queue, Stream, Topic
 
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+_LISTED = 8  # names listed per kind in an UnknownTarget
+
+Kind = Literal["queue", "topic", "stream"]
+Target: TypeAlias = "Queue | Topic | Stream | str"
+"""Where an event goes: a declared queue, topic or stream, or its name."""
+Put = Callable[[str, Sequence[Message]], Awaitable[list[bool]]]
+
+
+class UnknownTarget(UnknownQueue):
+    """A name that is no queue, topic or stream of the broker; the message lists what is."""
+
+    def __init__(self, name: str, known: Mapping[str, Sequence[str]]) -> None:
+        super().__init__(name)
+        listed = "; ".join(f"{kind}s: {_listing(names)}" for kind, names in known.items() if names)
+        self.args = (f"no queue, topic or stream is named {name!r} "
+                     f"({listed or 'none is declared'}); declare it with app.queue({name!r}), "
+                     f"app.topic({name!r}) or app.stream({name!r})",)
+
+
+def target_name(target: Target) -> str:
+    """The name of a target (a declared object, or already a name)."""
+    if isinstance(target, str):
+        return target
+    if isinstance(target, Queue | Topic | Stream):
+        return target.name
+    raise ConfigError(f"an event goes to a queue, topic or stream (or its name), not {target!r}")
 
 
 class Producer:
-    """Sends events to queues, or publishes them to topics, through a broker, as CloudEvents JSON.
+    """Puts events, as CloudEvents JSON, into queues, topics and streams through a broker.
 
-    ``send`` takes either: a name among ``topics`` (or, failing a queue of that name, a topic the
-    broker knows) is published to."""
+    ``topics`` and ``streams`` are names known to be topics and streams (an app's, say); others are
+    learned from the broker when a name is not a queue, and remembered."""
 
     def __init__(self, broker: Broker, *, source: str, clock: Clock = SYSTEM_CLOCK,
-                 topics: Iterable[str] = ()) -> None:
+                 topics: Iterable[str] = (), streams: Iterable[str] = ()) -> None:
         self.broker = broker
         self.source = source
         self.clock = clock
         self.topics = set(topics)
+        self.streams = set(streams)
 
     def event(self, queue: str, data: Any, *, type: str | None = None, subject: str | None = None,
               key: str | None = None, id: str | None = None, correlationid: str | None = None,
               idempotencykey: str | None = None, traceparent: str | None = None,
               datacontenttype: str | None = None,
               attributes: Mapping[str, Any] | None = None) -> Event[Any]:
-        """An event for ``queue`` (or a topic); an explicit ``id`` also serves as its dedup id.
-        ``attributes`` are CloudEvents extension attributes (names of lowercase letters and
-        digits), which topic filters can match."""
+        """An event for ``queue`` (or a topic or stream); an explicit ``id`` also serves as its
+        dedup id. ``key`` is its ordering key (on a stream, its partition key); ``attributes``
+        are CloudEvents extension attributes (names of lowercase letters and digits), which topic
+        filters can match."""
         fields: dict[str, Any] = {
             "type": type or f"swell.{queue}", "source": self.source, "subject": subject,
             "time": datetime.fromtimestamp(self.clock.time(), UTC), "data": data, "key": key,
@@ -49,26 +83,42 @@ class Producer:
             fields["extensions"] = _extensions(attributes)
         return Event(**fields)
 
-    async def send_events(self, queue: str, events: list[Event[Any]], *, delay_s: float = 0.0,
-                          dedup: bool = False) -> list[bool]:
-        """Send events; with ``dedup`` their ids are dedup ids. Per event: stored (not a duplicate)."""
-        messages = [Message(body=e.to_json(), dedup_id=e.id if dedup else None, delay_s=delay_s)
-                    for e in events]
-        return await self.broker.send(queue, messages)
+    # -- where a name goes ---------------------------------------------------------------------
+    def _known(self, target: Target) -> tuple[str, Kind | None]:
+        if isinstance(target, Topic):
+            return target.name, "topic"
+        if isinstance(target, Stream):
+            return target.name, "stream"
+        if isinstance(target, Queue):
+            return target.name, "queue"
+        name = target_name(target)
+        return name, ("topic" if name in self.topics else "stream" if name in self.streams
+                      else None)
 
-    async def send(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
-        """Send one event with ``data`` to a queue, or publish it if ``queue`` names a topic;
-        returns its id."""
-        if queue in self.topics:
-            return await self.publish(queue, data, delay_s=delay_s, **attrs)
-        event = self.event(queue, data, **attrs)
+    async def kind(self, target: Target) -> Kind:
+        """What ``target`` is on the broker; ``UnknownTarget`` if it is none of them."""
+        name, kind = self._known(target)
+        if kind is not None:
+            return kind
         try:
-            await self.send_events(queue, [event], delay_s=delay_s, dedup=attrs.get("id") is not None)
+            await self.broker.queue_spec(name)
         except UnknownQueue:
-            if not await self.is_topic(queue):
-                raise
-            return await self.publish(queue, data, delay_s=delay_s, **attrs)
-        return event.id
+            return await self._learn(name)
+        return "queue"
+
+    async def _learn(self, name: str) -> Kind:
+        """The kind of a name that is not a queue, from the broker's topics and streams."""
+        topics = [t.spec.name for t in await self.broker.topics()]
+        streams = [s.name for s in await self.broker.streams()]
+        self.topics.update(topics)
+        self.streams.update(streams)
+        if name in self.topics:
+            return "topic"
+        if name in self.streams:
+            return "stream"
+        queues = sorted(q.name for q in await self.broker.queues() if not q.is_dead_letter)
+        raise UnknownTarget(name, {"queue": queues, "topic": sorted(topics),
+                                   "stream": sorted(streams)})
 
     async def is_topic(self, name: str) -> bool:
         """Whether the broker knows a topic ``name`` (remembered once seen)."""
@@ -76,21 +126,83 @@ class Producer:
             self.topics.update(t.spec.name for t in await self.broker.topics())
         return name in self.topics
 
+    # -- putting events --------------------------------------------------------------------------
+    @staticmethod
+    def messages(kind: Kind, events: Sequence[Event[Any]], *, delay_s: float = 0.0,
+                 dedup: bool = False, bodies: Sequence[bytes] | None = None) -> list[Message]:
+        """The messages that carry ``events`` to a target of ``kind`` (with ``dedup``, each event's
+        id is its dedup id). On a topic the subject is the routing key; on a stream the key is the
+        partition key, and an event without a key has its id as its partition key: events spread
+        over the partitions, and one event (sent again with the same id) always lands in the same
+        one. A stream keeps the order of appends, so it cannot delay: ``ConfigError``."""
+        if kind == "stream" and delay_s:
+            raise ConfigError(f"a stream cannot delay an event (delay {delay_s:g} s): it keeps the "
+                              "order of appends; publish to a queue to deliver later")
+        bodies = bodies if bodies is not None else [e.to_json() for e in events]
+        return [Message(body=body, dedup_id=e.id if dedup else None,
+                        delay_s=0.0 if kind == "stream" else delay_s,
+                        subject=e.subject if kind == "topic" else None,
+                        key=(e.key if e.key is not None else e.id) if kind == "stream" else None)
+                for e, body in zip(events, bodies, strict=True)]
+
+    def put(self, kind: Kind) -> Put:
+        """The broker call that stores messages in a target of ``kind``; per message, whether it
+        was stored (``False``: a duplicate within the dedup window; an append never is one)."""
+        if kind == "topic":
+            return self.broker.publish
+        if kind == "queue":
+            return self.broker.send
+
+        async def append(stream: str, messages: Sequence[Message]) -> list[bool]:
+            await self.broker.append(stream, messages)
+            return [True] * len(messages)
+
+        return append
+
+    async def send_events(self, queue: str, events: list[Event[Any]], *, delay_s: float = 0.0,
+                          dedup: bool = False) -> list[bool]:
+        """Send events to a queue; with ``dedup`` their ids are dedup ids. Per event: stored
+        (not a duplicate)."""
+        return await self.broker.send(queue, self.messages("queue", events, delay_s=delay_s,
+                                                           dedup=dedup))
+
     async def publish_events(self, topic: str, events: list[Event[Any]], *, delay_s: float = 0.0,
                              dedup: bool = False) -> list[bool]:
-        """Publish events to ``topic``, their subjects as routing keys; per event: not a duplicate."""
-        messages = [Message(body=e.to_json(), dedup_id=e.id if dedup else None, delay_s=delay_s,
-                            subject=e.subject) for e in events]
-        return await self.broker.publish(topic, messages)
+        """Publish events to a topic, their subjects as routing keys; per event: not a duplicate."""
+        return await self.broker.publish(topic, self.messages("topic", events, delay_s=delay_s,
+                                                              dedup=dedup))
 
-    async def publish(self, topic: str, data: Any, *, subject: str | None = None,
-                      attributes: Mapping[str, Any] | None = None, delay_s: float = 0.0,
-                      **attrs: Any) -> str:
-        """Publish one event to ``topic``: every subscription whose subject pattern matches
-        ``subject`` and whose filter matches the event gets it. Returns its id."""
-        event = self.event(topic, data, subject=subject, attributes=attributes, **attrs)
-        await self.publish_events(topic, [event], delay_s=delay_s, dedup=attrs.get("id") is not None)
+    async def append_events(self, stream: str, events: list[Event[Any]]) -> list[tuple[int, int]]:
+        """Append events to a stream (all or none); per event its (partition, offset)."""
+        return await self.broker.append(stream, self.messages("stream", events))
+
+    async def publish(self, target: Target, data: Any, *, subject: str | None = None,
+                      key: str | None = None, attributes: Mapping[str, Any] | None = None,
+                      delay_s: float = 0.0, **attrs: Any) -> str:
+        """Put one event with ``data`` where ``target`` says: send it to a queue, publish it to a
+        topic (every subscription whose subject pattern matches ``subject`` and whose filter
+        matches the event gets it) or append it to a stream (its partition is a stable hash of
+        ``key``, or of the event's id when it has no key). Returns its id."""
+        name, kind = self._known(target)
+        event = self.event(name, data, subject=subject, key=key, attributes=attributes, **attrs)
+        dedup = attrs.get("id") is not None
+        if kind is None:  # a name not known to be anything else: a queue, most likely
+            try:
+                await self.send_events(name, [event], delay_s=delay_s, dedup=dedup)
+                return event.id
+            except UnknownQueue:
+                kind = await self._learn(name)
+        await self.put(kind)(name, self.messages(kind, [event], delay_s=delay_s, dedup=dedup))
         return event.id
+
+    async def send(self, queue: Target, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
+        """``publish``, under the name it had when it only sent to queues."""
+        return await self.publish(queue, data, delay_s=delay_s, **attrs)
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(n if len(n) <= 40 else f"{n[:40]}..." for n in names[:_LISTED])
+    return shown + (f" and {len(names) - _LISTED:,} more" if len(names) > _LISTED else "")
 
 
 def _extensions(attributes: Mapping[str, Any]) -> dict[str, Any]:

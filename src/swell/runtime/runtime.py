@@ -47,7 +47,7 @@ from swell.runtime.cluster import (
 from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import Executor, InlineExecutor
 from swell.runtime.groups import GroupDispatcher
-from swell.runtime.producer import Producer
+from swell.runtime.producer import Producer, Target
 from swell.scaling.base import Controller, Decision
 from swell.scaling.hotkeys import HotKey
 from swell.scaling.limiters import SharedLimiter, TokenBucket
@@ -142,7 +142,7 @@ class Runtime:
         self.broker: Broker = broker if isinstance(broker, Broker) else open_broker(broker,
                                                                                    clock=clock)
         self.producer = Producer(self.broker, source=f"/swell/{app.name}", clock=clock,
-                                 topics=app.topics)
+                                 topics=app.topics, streams=app.streams)
         self.functions: dict[str, FunctionState] = {}
         self.node = node_id()
         self.started = time.time()
@@ -528,14 +528,14 @@ class Runtime:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
-    async def send(self, queue: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
-        """Send one event to ``queue``, or publish it if that is a topic (see ``Producer.event``
-        for the attributes)."""
+    async def send(self, queue: Target, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
+        """Send one event to a queue, or publish it to a topic or append it to a stream, whichever
+        ``queue`` names (see ``Producer.publish`` for the attributes)."""
         return await self.producer.send(queue, data, delay_s=delay_s, **attrs)
 
-    async def publish(self, topic: str, data: Any, *, subject: str | None = None,
+    async def publish(self, topic: Target, data: Any, *, subject: str | None = None,
                       attributes: dict[str, Any] | None = None, **attrs: Any) -> str:
-        """Publish one event to ``topic`` (see ``Producer.publish``)."""
+        """Publish one event to a topic (or a queue or stream; see ``Producer.publish``)."""
         return await self.producer.publish(topic, data, subject=subject, attributes=attributes,
                                            **attrs)
 

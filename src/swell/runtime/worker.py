@@ -5,25 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import os
 import signal
 import socket
 import struct
 import threading
 import time
-from collections.abc import Awaitable
-from contextlib import nullcontext, suppress
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+    suppress,
+)
 from typing import Any
 
 import msgspec
-import pydantic
 
 from swell.core import errors
-from swell.core.errors import AppError, PayloadError, SwellError
+from swell.core.errors import AppError, InProgress, PayloadError, SwellError
 from swell.core.event import Event
+from swell.idempotency import Once
 from swell.runtime.app import App, Function
 from swell.runtime.context import Context
-from swell.runtime.executor import Outcome, describe, describe_validation, outcome_of
+from swell.runtime.executor import NotRun, Outcome, bind, check_result, describe, outcome_of
+from swell.runtime.producer import Target, target_name
 
 _HEADER = struct.Struct("!I")
 
@@ -53,6 +63,8 @@ class _LoadFailed(msgspec.Struct, tag="load_failed", array_like=True):
 class _Done(msgspec.Struct, tag="done", array_like=True):
     outcome: Outcome
     queued_s: float  # from the run message arriving to the handler being called
+    event_id: str | None = None
+    trace: str | None = None  # a failed attempt's traceback, for the parent's log
 
 
 class _Publish(msgspec.Struct, tag="publish", array_like=True):
@@ -65,8 +77,19 @@ class _Extend(msgspec.Struct, tag="extend", array_like=True):
     seconds: float
 
 
+class _Block(msgspec.Struct, tag="block", array_like=True):
+    """``ctx.idempotent(key)`` (``op`` begin, then done or failed with the ``token`` begin gave)
+    and ``ctx.skip_idempotency(reason)`` (``op`` skip, the reason as ``key``), kept by the parent.
+    A begin is answered ``[token, done, result]``, or ``None`` if another attempt holds the key."""
+
+    op: str
+    key: str
+    token: int = 0
+    result: Any = None
+
+
 _ToWorker = _Run | _Reply
-_FromWorker = _Ready | _LoadFailed | _Done | _Publish | _Extend
+_FromWorker = _Ready | _LoadFailed | _Done | _Publish | _Extend | _Block
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -110,7 +133,7 @@ class _Channel:
         with self._lock:
             return self._recv()
 
-    def call(self, msg: _Publish | _Extend) -> Any:
+    def call(self, msg: _Publish | _Extend | _Block) -> Any:
         with self._lock:
             self._sock.sendall(_frame(msg))
             reply = self._recv()
@@ -132,7 +155,8 @@ def _rebuild_error(type_name: str | None, message: str) -> SwellError:
 
 
 class _WorkerContext(Context):
-    """A Context whose ``publish`` and ``extend`` are requests to the parent process."""
+    """A Context whose ``publish``, ``extend``, ``idempotent`` and ``skip_idempotency`` are
+    requests to the parent process, which holds the broker (and so the idempotency records)."""
 
     __slots__ = ("_channel",)
 
@@ -149,23 +173,57 @@ class _WorkerContext(Context):
     def remaining_s(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
-    def _request(self, queue: str, data: Any, delay_s: float, attrs: dict[str, Any]) -> _Publish:
+    def _request(self, target: Target, data: Any, delay_s: float,
+                 attrs: dict[str, Any]) -> _Publish:
         attrs.setdefault("correlationid", self.event.correlationid or self.event.id)
         attrs.setdefault("traceparent", self.event.traceparent)
         attrs["delay_s"] = delay_s
-        return _Publish(queue, data, attrs)
+        return _Publish(target_name(target), data, attrs)  # the parent knows it by its name
 
-    def _call(self, msg: _Publish | _Extend) -> Any:
+    def _call(self, msg: _Publish | _Extend | _Block) -> Any:
         try:
             return self._channel.call(msg)
         except (TypeError, msgspec.EncodeError) as exc:
             raise PayloadError(f"cannot encode as JSON: {exc}") from exc
 
-    async def publish(self, target: str, data: Any, *, delay_s: float = 0.0, **attrs: Any) -> str:
+    async def publish(self, target: Target, data: Any, *, delay_s: float = 0.0,
+                      **attrs: Any) -> str:
         return str(self._call(self._request(target, data, delay_s, attrs)))
 
     async def extend(self, seconds: float) -> bool:
         return bool(self._call(_Extend(seconds)))
+
+    def idempotent(self, key: str) -> AbstractAsyncContextManager[Once]:
+        return self._async_block(key)
+
+    @asynccontextmanager
+    async def _async_block(self, key: str) -> AsyncIterator[Once]:
+        with self._block(key) as once:
+            yield once
+
+    @contextmanager
+    def _block(self, key: str) -> Iterator[Once]:
+        """The block's record is the parent's (the inline ``ctx.idempotent``, run there)."""
+        begun = self._call(_Block("begin", key))
+        if begun is None:
+            raise InProgress(key)
+        token, done, result = begun
+        once = Once(done, result)
+        if done:  # the parent has nothing more to do for it
+            yield once
+            return
+        try:
+            yield once
+        except BaseException:
+            self._call(_Block("failed", key, token))
+            raise
+        try:
+            self._call(_Block("done", key, token, once.result))
+        except PayloadError:  # a result that cannot travel is not kept, as inline
+            self._call(_Block("done", key, token))
+
+    def skip_idempotency(self, reason: str) -> None:
+        self._call(_Block("skip", reason))
 
 
 class _SyncWorkerContext(_WorkerContext):
@@ -173,12 +231,16 @@ class _SyncWorkerContext(_WorkerContext):
 
     __slots__ = ()
 
-    def publish(self, target: str, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
+    def publish(self, target: Target, data: Any, *, delay_s: float = 0.0,  # type: ignore[override]
                 **attrs: Any) -> str:
         return str(self._call(self._request(target, data, delay_s, attrs)))
 
     def extend(self, seconds: float) -> bool:  # type: ignore[override]
         return bool(self._call(_Extend(seconds)))
+
+    def idempotent(self, key: str) -> AbstractContextManager[Once]:  # type: ignore[override]
+        """``with ctx.idempotent(key) as once: if not once.done: ...`` (see ``Context``)."""
+        return self._block(key)
 
 
 def find_function(target: str, function: str) -> Function:
@@ -214,33 +276,41 @@ def _invoke(fn: Function, run: _Run, channel: _Channel, runner: asyncio.Runner |
     received = time.monotonic()
     deadline = None if run.timeout_s is None else received + run.timeout_s
     context = _SyncWorkerContext if runner is None else _WorkerContext
-    try:
-        event = Event.from_json(run.body)
-        ctx = context(event=event, attempt=run.attempt, deadline=deadline, function=fn.name,
-                      channel=channel)
-        kwargs = fn.handler.arguments(event, ctx)
-    except PayloadError as exc:
-        return _Done(Outcome("malformed", str(exc), service_s=time.monotonic() - received), 0.0)
-    except pydantic.ValidationError as exc:
-        return _Done(Outcome("invalid", describe_validation(exc),
-                             service_s=time.monotonic() - received), 0.0)
+    bound = bind(fn, run.body, lambda event: context(
+        event=event, attempt=run.attempt, deadline=deadline, function=fn.name, channel=channel))
+    if isinstance(bound, Outcome):
+        return _Done(msgspec.structs.replace(bound, service_s=time.monotonic() - received), 0.0)
+    event, kwargs = bound
     started = time.monotonic()
     try:
         if runner is None:
-            fn.handler.fn(**kwargs)
-        else:
-            runner.run(_call_async(fn.handler.fn(**kwargs), deadline))
-    except Exception as exc:
+            check_result(fn, fn.handler.fn(**kwargs))
+        elif (exited := runner.run(_call_async(fn, kwargs, deadline))) is not None:
+            raise exited
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        # (SystemExit and KeyboardInterrupt too: the handler's own, a failed attempt; this
+        # instance goes on, as it does after any other exception)
         now = time.monotonic()
         timed_out = isinstance(exc, TimeoutError) and deadline is not None and now >= deadline
         outcome = outcome_of(exc, run.timeout_s, timed_out, now - received)
-    else:
-        outcome = Outcome("ok", service_s=time.monotonic() - received)
-    return _Done(outcome, started - received)
+        trace = None
+        if outcome.kind == "failed":
+            trace = str(exc) if isinstance(exc, NotRun) else "".join(traceback.format_exception(exc))
+        return _Done(outcome, started - received, event.id, trace)
+    return _Done(Outcome("ok", service_s=time.monotonic() - received), started - received)
 
 
-async def _call_async(call: Awaitable[Any], deadline: float | None) -> None:
-    async with asyncio.timeout_at(deadline):
-        await call
-
-
+async def _call_async(fn: Function, kwargs: dict[str, Any], deadline: float | None
+                      ) -> SystemExit | KeyboardInterrupt | None:
+    """Run an async handler; its ``SystemExit`` or ``KeyboardInterrupt`` comes back as a value,
+    to be raised again outside the loop (out of a task, either would stop the loop itself)."""
+    try:
+        call = fn.handler.fn(**kwargs)
+        if not inspect.isawaitable(call):  # a decorator that gave a value: nothing to await
+            check_result(fn, call)
+            return None
+        async with asyncio.timeout_at(deadline):
+            await call
+    except (SystemExit, KeyboardInterrupt) as exc:
+        return exc
+    return None

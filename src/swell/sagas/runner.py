@@ -282,7 +282,7 @@ class Runner:
             return 0.0
         st.failures += 1
         st.error = out.error
-        attempts = todo.step.retry.attempts or 3
+        attempts = todo.step.retry.allowed()
         if not out.fatal and st.failures < attempts:
             delay = todo.step.retry.delay_s(st.failures)
             lg.note(now, self.actor, "step attempt failed", step=st.name,
@@ -308,7 +308,7 @@ class Runner:
             return 0.0
         st.comp_failures += 1
         st.comp_error = out.error
-        attempts = todo.step.compensation_retry.attempts or 5
+        attempts = todo.step.compensation_retry.allowed()
         if not out.fatal and st.comp_failures < attempts:
             delay = todo.step.compensation_retry.delay_s(st.comp_failures)
             lg.note(now, self.actor, "compensation attempt failed", step=st.name,

@@ -22,7 +22,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from swell.core.config import Duration, seconds
+from swell.core.config import Duration, seconds, whole
 from swell.core.errors import ConfigError
 from swell.scaling.base import Decision
 from swell.scaling.signals import Ewma, Signals
@@ -71,14 +71,12 @@ class Auto:
 
     def __init__(self, min: int = 0, max: int = 64, target_wait: Duration = 10.0,
                  idle: Duration = 30.0) -> None:
-        if min < 0 or max < 1 or min > max:
+        self.min_units = whole(min, name="Auto(min=...)")
+        self.max_units = whole(max, name="Auto(max=...)", low=1)
+        if min > max:
             raise ConfigError(f"Auto needs 0 <= min <= max and max >= 1, got min={min} max={max}")
-        self.min_units = min
-        self.max_units = max
-        self.target_wait_s = seconds(target_wait, name="target_wait")
-        self.idle_s = seconds(idle, name="idle")
-        if self.target_wait_s <= 0:
-            raise ConfigError("target_wait must be positive")
+        self.target_wait_s = seconds(target_wait, name="Auto(target_wait=...)", positive=True)
+        self.idle_s = seconds(idle, name="Auto(idle=...)")
         self._st = _State()
 
     def __repr__(self) -> str:

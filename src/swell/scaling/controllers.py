@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from swell.core.config import number, whole
 from swell.core.errors import ConfigError
 from swell.scaling.base import Controller, Decision
 from swell.scaling.signals import Signals
@@ -32,7 +33,9 @@ def _hold(last: Decision | None, s: Signals) -> Decision:
 
 
 def _check_bounds(name: str, min_units: int, max_units: int) -> None:
-    if min_units < 0 or max_units < 1 or min_units > max_units:
+    whole(min_units, name=f"{name}(min=...)")
+    whole(max_units, name=f"{name}(max=...)", low=1)
+    if min_units > max_units:
         raise ConfigError(f"{name} needs 0 <= min <= max and max >= 1, got min={min_units} "
                           f"max={max_units}")
 
@@ -41,8 +44,7 @@ class Fixed:
     """A static pool of ``n`` units, whatever happens."""
 
     def __init__(self, n: int) -> None:
-        if n < 0:
-            raise ConfigError(f"Fixed(n) needs n >= 0, got {n}")
+        whole(n, name="Fixed(n)")
         self.n = self.min_units = self.max_units = n
 
     def __repr__(self) -> str:
@@ -67,6 +69,15 @@ class TargetTracking:
                  tolerance: float = 0.1, up_factor: float = 2.0, up_units: int = 4,
                  down_window_s: float = 300.0, cooldown_s: float = 300.0) -> None:
         _check_bounds("TargetTracking", min, max)
+        c = "TargetTracking"
+        number(per_instance, name=f"{c}(per_instance=...)", above=True)
+        number(activation, name=f"{c}(activation=...)")
+        number(tolerance, name=f"{c}(tolerance=...)")
+        number(up_factor, name=f"{c}(up_factor=...)", low=1.0)
+        whole(up_units, name=f"{c}(up_units=...)")
+        for n, v in (("polling_s", polling_s), ("sync_s", sync_s), ("down_window_s", down_window_s),
+                     ("cooldown_s", cooldown_s)):
+            number(v, name=f"{c}({n}=...)")
         self.min_units, self.max_units = min, max
         self.per_instance, self.polling_s, self.activation = per_instance, polling_s, activation
         self.sync_s, self.tolerance = sync_s, tolerance
@@ -156,6 +167,16 @@ class Knative:
                  scale_to_zero_grace_s: float = 30.0, max_scale_down_rate: float = 2.0,
                  max_scale_up_rate: float = 1000.0) -> None:
         _check_bounds("Knative", min, max)
+        c = "Knative"
+        number(target, name=f"{c}(target=...)", above=True)
+        number(utilization, name=f"{c}(utilization=...)", above=True, high=1.0)
+        for n, v in (("stable_window_s", stable_window_s), ("panic_window_s", panic_window_s),
+                     ("tick_s", tick_s)):
+            number(v, name=f"{c}({n}=...)", above=True)
+        number(scale_to_zero_grace_s, name=f"{c}(scale_to_zero_grace_s=...)")
+        number(panic_threshold, name=f"{c}(panic_threshold=...)", above=True)
+        number(max_scale_down_rate, name=f"{c}(max_scale_down_rate=...)", low=1.0)
+        number(max_scale_up_rate, name=f"{c}(max_scale_up_rate=...)", low=1.0)
         self.min_units, self.max_units = min, max
         self.target = target * utilization
         self.stable_window_s, self.panic_window_s = stable_window_s, panic_window_s
@@ -228,7 +249,12 @@ class _Limiter:
 
     def __init__(self, min: int, max: int, initial: float, min_limit: float, period_s: float,
                  keep_alive_s: float) -> None:
-        _check_bounds(type(self).__name__, min, max)
+        c = type(self).__name__
+        _check_bounds(c, min, max)
+        number(min_limit, name=f"{c}(min_limit=...)", above=True)
+        number(initial, name=f"{c}(initial=...)", low=min_limit)
+        number(period_s, name=f"{c}(period_s=...)", above=True)
+        number(keep_alive_s, name=f"{c}(keep_alive_s=...)")
         self.min_units, self.max_units = min, max
         self.limit = float(initial)
         self.min_limit = min_limit
@@ -280,6 +306,7 @@ class AIMD(_Limiter):
     def __init__(self, min: int = 0, max: int = 64, initial: float = 1.0, min_limit: float = 1.0,
                  backoff: float = 0.9, period_s: float = 1.0, keep_alive_s: float = 30.0) -> None:
         super().__init__(min, max, initial, min_limit, period_s, keep_alive_s)
+        number(backoff, name="AIMD(backoff=...)", above=True, high=1.0)
         self.backoff = backoff
 
     def __repr__(self) -> str:
@@ -326,6 +353,10 @@ class Gradient2(_Limiter):
                  smoothing: float = 0.2, queue_size: float = 4.0, tolerance: float = 1.0,
                  long_window: int = 600, period_s: float = 1.0, keep_alive_s: float = 30.0) -> None:
         super().__init__(min, max, initial, min_limit, period_s, keep_alive_s)
+        number(smoothing, name="Gradient2(smoothing=...)", above=True, high=1.0)
+        number(queue_size, name="Gradient2(queue_size=...)")
+        number(tolerance, name="Gradient2(tolerance=...)", above=True)
+        whole(long_window, name="Gradient2(long_window=...)", low=1)
         self.smoothing, self.queue_size, self.tolerance = smoothing, queue_size, tolerance
         self.long_rtt = ExpAvg(long_window, 10)
         self._rtts: list[float] = []

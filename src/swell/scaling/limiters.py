@@ -20,8 +20,7 @@ import msgspec
 
 from swell.brokers.base import KV
 from swell.core.clock import Clock
-from swell.core.config import Rate, per_second
-from swell.core.errors import ConfigError
+from swell.core.config import Rate, per_second, whole
 
 SLOT_LEASE_S = 60.0  # a slot held by a process that died frees itself after this long
 
@@ -38,9 +37,7 @@ class RateLimit:
 
     def __init__(self, rate: Rate, burst: int | None = None) -> None:
         r = per_second(rate)
-        b = max(1, math.ceil(r / 10)) if burst is None else burst
-        if b < 1:
-            raise ConfigError(f"burst must be at least 1, got {burst}")
+        b = max(1, math.ceil(r / 10)) if burst is None else whole(burst, name="burst", low=1)
         object.__setattr__(self, "rate_per_s", r)
         object.__setattr__(self, "burst", b)
 

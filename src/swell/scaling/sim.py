@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from swell.core.config import number, whole
 from swell.core.errors import ConfigError
 from swell.scaling.base import Controller
 from swell.scaling.controllers import parse_controller
@@ -73,15 +74,20 @@ class SimParams:
 
     def __post_init__(self) -> None:
         positive = {"quota_rps": self.quota_rps, "latency_base_s": self.latency_base_s,
-                    "latency_knee": self.latency_knee, "tick_s": self.tick_s,
-                    "cold_start_median_s": self.cold_start_median_s}
+                    "tick_s": self.tick_s, "cold_start_median_s": self.cold_start_median_s}
         for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be positive, got {value!r}")
-        if self.burst < 1:
-            raise ConfigError(f"burst must be at least 1, got {self.burst}")
-        if self.cpu_s < 0 or self.max_instances < 1:
-            raise ConfigError("cpu_s must be >= 0 and max_instances >= 1")
+            number(value, name=name, above=True)
+        others = {"cpu_s": self.cpu_s, "latency_sigma": self.latency_sigma,
+                  "cold_start_sigma": self.cold_start_sigma, "throttle_delay_s": self.throttle_delay_s,
+                  "fault_start_s": self.fault_start_s, "fault_duration_s": self.fault_duration_s,
+                  "retry_backoff_s": self.retry_backoff_s,
+                  "retry_max_backoff_s": self.retry_max_backoff_s, "overrun_s": self.overrun_s}
+        for name, value in others.items():
+            number(value, name=name)
+        number(self.fault_error_rate, name="fault_error_rate", high=1.0)
+        whole(self.burst, name="burst", low=1)
+        whole(self.latency_knee, name="latency_knee", low=1)
+        whole(self.max_instances, name="max_instances", low=1)
         if abs(self.tick_s / DT_S - round(self.tick_s / DT_S)) > 1e-9:
             raise ConfigError(f"tick_s must be a multiple of {DT_S} s, got {self.tick_s}")
 

@@ -25,7 +25,7 @@ class Job(pydantic.BaseModel):
     sleep_s: float = 0.0
 
 
-@app.function(jobs)
+@app.function(jobs, competing=True)  # two handlers the pool tests run one at a time
 def work(job: Job, ctx: Context) -> None:
     if job.do == "fail":
         raise ValueError(f"boom {job.n}")
@@ -40,7 +40,7 @@ def work(job: Job, ctx: Context) -> None:
     publish("seen", {"got": first, "attempt": ctx.attempt}, delay_s=1.5)
 
 
-@app.function(jobs)
+@app.function(jobs, competing=True)  # two handlers the pool tests run one at a time
 async def awork(job: Job, ctx: Context) -> None:
     if job.do == "sleep":
         await asyncio.sleep(job.sleep_s)
