@@ -11,8 +11,8 @@ visibility timeout, and at once when the node's limit no longer covers it:
 - events are leased ahead (the buffer) only as many as the free units can start soon;
 - a lease is renewed only while a unit works on its event; a buffered event is never renewed;
 - a buffered event still unstarted when half its lease has gone is released (not counted as a
-  receive), and one started late has its lease extended before its handler runs (or is skipped,
-  if the lease was lost);
+  receive); the lease keeper looks every fifth of a lease, so one started late still has time to
+  be renewed;
 - when the limit falls, the buffer beyond what the new limit would lease is released at once (all
   of it at a limit of zero), so a node whose share drops to zero holds nothing another could run;
 - a release at a graceful stop is not a receive either; an error out of settling fails that
@@ -260,8 +260,7 @@ class Dispatcher:
             self._busy += 1
             self.metrics.in_flight = self._busy
             self._lease_until[d.receipt] = until
-            if until - self.clock.monotonic() >= self._lease_s / 2 or await self._renew(d):
-                await self._process(d)
+            await self._process(d)
             self._workers[me] = None
             self._busy -= 1
             self._lease_until.pop(d.receipt, None)
@@ -280,19 +279,13 @@ class Dispatcher:
         self._pump()
         self._wake.set()
 
-    async def _renew(self, d: Delivery) -> bool:
-        """Extend the lease of an event that waited long in the buffer, just before it starts;
-        ``False`` if the lease was lost (the event may be another's now: it is not run)."""
-        try:
-            return await self._extend(d.receipt, self._lease_s)
-        except SwellError as exc:
-            log.warning("%s: could not renew a lease before starting: %s", self.fn.name, exc)
-            return False
-
     async def _keep_leases(self) -> None:
         """Extend the leases of events being worked on before they expire; release buffered
-        events that waited half a lease unstarted (a slow unit must not hold them)."""
-        period = max(self._lease_s / 3, 0.05)
+        events that waited half a lease unstarted (a slow unit must not hold them).
+
+        Every fifth of a lease: a buffered event then starts with at least 3/10 of its lease
+        left (it is released below 1/2), and is renewed at the next round, within 1/5."""
+        period = max(self._lease_s / 5, 0.05)
         while True:
             await self.clock.sleep(period)
             now = self.clock.monotonic()

@@ -100,6 +100,10 @@ def _call_sync(fn: Function, kwargs: dict[str, Any]) -> Any:
     return check_result(fn, fn.handler.fn(**kwargs))
 
 
+def _no_context(event: Event[Any]) -> Context:
+    raise AssertionError("a Context made for a handler that takes none")
+
+
 async def _given(value: Any) -> Any:
     return value
 
@@ -225,7 +229,10 @@ class InlineExecutor:
         return self._context(event=event, delivery=d, function=self.fn.name, **extras)
 
     async def execute(self, d: Delivery, extras: dict[str, Any]) -> Outcome:
-        bound = bind(self.fn, d.body, partial(self._make_context, d, extras))
+        # (a Context, and so its maker, only for a handler that takes one)
+        make = _no_context if self.fn.handler.context is None else partial(self._make_context, d,
+                                                                             extras)
+        bound = bind(self.fn, d.body, make)
         if isinstance(bound, Outcome):
             return bound
         event, kwargs = bound
