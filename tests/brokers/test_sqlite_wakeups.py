@@ -139,3 +139,88 @@ async def test_a_quiet_queue_sees_a_send_and_a_dead_letter_of_this_process(
     assert await consumer.receive("b", 1) == []  # over max_receives: dead-lettered
     dead = await within(asyncio.ensure_future(consumer.receive("b.dlq", 1, wait_s=WAIT_S)))
     assert [d.body for d in dead] == [b"again"]
+
+
+# -- wake-ups that must survive a caller that gives up (found in review) ------------------------
+
+
+@pytest.fixture
+async def alone(tmp_path: Path) -> AsyncIterator[SqliteBroker]:
+    """One instance, queue ``q`` and topic ``t`` with subscription queue ``t.s``."""
+    from swell.brokers.base import SubscriptionSpec, TopicSpec
+
+    b = SqliteBroker(str(tmp_path / "swell.db"), clock=RealClock())
+    await b.declare_queue(QueueSpec(name="q"))
+    await b.declare_topic(TopicSpec(name="t"))
+    await b.subscribe(SubscriptionSpec(topic="t", name="s", queue=QueueSpec(name="t.s")))
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+async def test_a_send_whose_caller_was_cancelled_still_wakes_the_queue(alone: SqliteBroker) -> None:
+    """This process's own commits are no news to the watcher: the send's wake-up must come even
+    when its caller gave up while the insert ran on the broker's thread."""
+    assert await alone.receive("q", 10, wait_s=0.2) == []  # the queue is now "quiet"
+    messages = [Message(body=b"x" * 100) for _ in range(20000)]
+    sending = asyncio.create_task(alone.send("q", messages))
+    await asyncio.sleep(0.005)
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sending
+    await until_stored(alone, "q", 20000)
+    got = await alone.receive("q", 10, wait_s=LOST_S)
+    assert len(got) == 10
+
+
+async def test_a_cancelled_publisher_does_not_take_the_batchs_wake_up_with_it(
+        alone: SqliteBroker) -> None:
+    """Publishes that meet share a commit; the first giving up must not leave the rest unwoken."""
+    assert await alone.receive("t.s", 10, wait_s=0.2) == []
+    busy = asyncio.ensure_future(alone._run(lambda c: time.sleep(0.1)))  # the connection is busy
+    await asyncio.sleep(0.01)
+    first = asyncio.ensure_future(alone.publish("t", [Message(body=b"one")]))
+    second = asyncio.ensure_future(alone.publish("t", [Message(body=b"two")]))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    assert await second == [True]
+    await busy
+    assert (await alone.stats("t.s")).depth == 2
+    assert len(await alone.receive("t.s", 10, wait_s=LOST_S)) == 2
+
+
+async def test_a_change_seen_as_its_waiter_leaves_is_not_lost() -> None:
+    """The watcher reports a change for a queue whose waiter gave up during the look: the next
+    receive must look at the store, not trust that the queue is quiet."""
+    from swell.brokers.waiting import Waker
+
+    state = {"exists": False, "reported": False}
+
+    async def watch(queues: object) -> dict[str, float | None]:
+        report = state["exists"] and not state["reported"]  # reported once, as the broker does
+        state["reported"] = state["reported"] or report
+        await asyncio.sleep(0.04)  # the hop to the broker's thread
+        return {"q": time.time() - 1} if report else {}
+
+    async def attempt() -> tuple[list[str], float | None]:
+        return (["m"] if state["exists"] else []), None
+
+    async def produce() -> None:
+        await asyncio.sleep(0.03)
+        state["exists"] = True  # another process commits while the first receive waits
+
+    w = Waker(RealClock(), watch)
+    producer = asyncio.create_task(produce())
+    assert await w.wait_for("q", attempt, 0.05) == []  # gives up during the watcher's look
+    await producer
+    await asyncio.sleep(0.05)
+    assert await w.wait_for("q", attempt, 0.5) == ["m"]
+    await w.aclose()
+
+
+async def until_stored(b: SqliteBroker, queue: str, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while (await b.stats(queue)).depth < n:
+        assert time.monotonic() < deadline, "the send never stored"
+        await asyncio.sleep(0.01)

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -243,19 +243,35 @@ class SqliteBroker:
                 conn.execute("PRAGMA busy_timeout = 0")  # from here _call waits, more finely
                 self._checkpointer = _Checkpointer(self.path, self._synchronous)
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's work now
-                tripwire = sqlite3.connect(self.path, isolation_level=None,
-                                           check_same_thread=False)  # (used on the loop's thread)
+                # used on the loop's thread: never waits for a lock (a busy file is one missed
+                # look, tried again at the next poll), so it cannot stall the loop
+                tripwire = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                                           check_same_thread=False)
             except (OSError, sqlite3.Error) as exc:
                 raise BrokerUnavailable(f"cannot open SQLite database {self.path!r}: {exc}") from exc
             self._tripwire = tripwire
             self._conn = conn
         return self._conn
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, wake: Iterable[str] = ()) -> T:
+        """``fn(conn, *args)`` on the broker's thread. ``wake``: queues whose receivers in this
+        process look again once it is done, even if the caller was cancelled meanwhile (the work
+        goes on in its thread and may store; this process's own commits are no news to the
+        watcher, so only this wakes them)."""
         if self._closed:
             raise BrokerError(f"the SQLite broker on {self.path!r} is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._exec, self._call, fn, args)
+        work = loop.run_in_executor(self._exec, self._call, fn, args)
+        if not wake:
+            return await work
+        queues = tuple(wake)
+
+        def woken(_: object) -> None:
+            for queue in queues:
+                self._waker.notify(queue)
+
+        work.add_done_callback(woken)
+        return await asyncio.shield(work)
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         """Run ``fn`` on the connection; while another process holds the write lock, run it again.
@@ -353,10 +369,8 @@ class SqliteBroker:
 
     # -- send --------------------------------------------------------------------------------
     async def send(self, queue: str, messages: Sequence[Message]) -> list[bool]:
-        accepted = await self._run(lambda c: self._tx(c, self._send, queue, messages,
-                                                      self.clock.time()))
-        self._waker.notify(queue)
-        return accepted
+        return await self._run(lambda c: self._tx(c, self._send, queue, messages,
+                                                  self.clock.time()), wake=(queue,))
 
     def _send(self, conn: sqlite3.Connection, queue: str, messages: Sequence[Message],
               now: float) -> list[bool]:
@@ -731,7 +745,9 @@ class SqliteBroker:
                          ) -> None:
         if claim.cancelled() or claim.exception() is not None or not claim.result()[0]:
             return
-        task = asyncio.ensure_future(self.release([d.receipt for d in claim.result()[0]]))
+        # never given to anyone: not a delivery, so not counted as a receive
+        task = asyncio.ensure_future(self.release([d.receipt for d in claim.result()[0]],
+                                                  count=False))
         self._orphan_releases.add(task)
         task.add_done_callback(self._orphan_releases.discard)
 
@@ -784,9 +800,7 @@ class SqliteBroker:
         uncount = 0 if count else 1
         stale = await self._settle(
             "UPDATE swell_messages SET visible_at = ?, token = NULL, leased = 0, "
-            "receive_count = max(0, receive_count - ?)", receipts, at, uncount)
-        for q in {r.queue for r in receipts}:
-            self._waker.notify(q)
+            "receive_count = max(0, receive_count - ?)", receipts, at, uncount, wake=True)
         return stale
 
     async def extend(self, receipts: Sequence[Receipt], seconds: float) -> list[Receipt]:
@@ -795,7 +809,7 @@ class SqliteBroker:
                                   receipts, at)
 
     async def _settle(self, change: str, receipts: Sequence[Receipt], *args: Any,
-                      deletes: bool = False) -> list[Receipt]:
+                      deletes: bool = False, wake: bool = False) -> list[Receipt]:
         """Apply ``change`` (an UPDATE or DELETE, with ``args`` for its placeholders) to the rows
         that ``receipts`` still hold; returns the stale receipts, which changed nothing."""
         if not receipts:
@@ -823,7 +837,8 @@ class SqliteBroker:
                     _resize(conn, queue, -n)
             return stale
 
-        return await self._run(lambda c: self._tx(c, run))
+        return await self._run(lambda c: self._tx(c, run),
+                               wake={r.queue for r in receipts} if wake else ())
 
     # -- dead letters --------------------------------------------------------------------------
     async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
@@ -882,10 +897,7 @@ class SqliteBroker:
             _resize(conn, queue, len(rows))
             return len(rows)
 
-        moved = await self._run(lambda c: self._tx(c, run))
-        if moved:
-            self._waker.notify(queue)
-        return moved
+        return await self._run(lambda c: self._tx(c, run), wake=(queue,))
 
     # -- looking -------------------------------------------------------------------------------
     async def peek(self, queue: str, max_messages: int = 100) -> list[Delivery]:
@@ -980,8 +992,8 @@ Result = TypeVar("Result")
 class _Batcher(Generic[Item, Result]):
     """Calls made while the broker's connection is busy, stored together once it is free:
     ``store`` gets every pending item, in order, and answers each with its result or the
-    exception that refused it alone (or raises, refusing the lot). ``after`` sees each result
-    whose caller still waits (a cancelled caller's item stays stored)."""
+    exception that refused it alone (or raises, refusing the lot). ``after`` sees each stored
+    result, whether its caller still waits or not (a cancelled caller's item stays stored)."""
 
     def __init__(self, store: Callable[[list[Item]], Awaitable[list[Result | Exception]]], *,
                  after: Callable[[Result], object] | None = None) -> None:
@@ -1005,14 +1017,15 @@ class _Batcher(Generic[Item, Result]):
             except Exception as exc:
                 results = [exc] * len(batch)
             for (_, done), result in zip(batch, results, strict=True):
+                stored = not isinstance(result, Exception)
+                if stored and self._after is not None:
+                    self._after(result)  # type: ignore[arg-type]
                 if done.done():
                     continue
                 if isinstance(result, Exception):
                     done.set_exception(result)
                 else:
                     done.set_result(result)
-                    if self._after is not None:
-                        self._after(result)
 
 
 def _setup(conn: sqlite3.Connection) -> None:

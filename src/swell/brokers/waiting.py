@@ -41,6 +41,10 @@ MAX_POLL_S = 0.025
 #: between messages are this short, and a backed-off poll would add its interval to their latency
 HOLD_S = 0.1
 
+#: how long a queue called quiet skips its receives' first look at the store: a safety net, so
+#: that a wake-up missed for any reason delays an event by this much at most, never for good
+QUIET_FOR_S = 30.0
+
 #: an attempt returns what it got and the epoch time the next message falls due (None: unknown)
 Attempt = Callable[[], Awaitable[tuple[list[T], float | None]]]
 
@@ -62,7 +66,8 @@ class Waker:
         self._waiting: Counter[str] = Counter()  # receivers waiting, per queue
         self._due: dict[str, float] = {}  # per waiting queue: when the watcher saw its next due
         # per queue whose last waiter gave up: when its next message falls due (None: none)
-        self._quiet: dict[str, float | None] = {}
+        # (and when it was called quiet: trusted for QUIET_FOR_S at most)
+        self._quiet: dict[str, tuple[float | None, float]] = {}
         self._last_got = -math.inf  # when an attempt last got something
         self._interval = MIN_POLL_S
         self._watcher: asyncio.Task[None] | None = None
@@ -85,7 +90,8 @@ class Waker:
     async def wait_for(self, queue: str, attempt: Attempt[T], wait_s: float) -> list[T]:
         """Run ``attempt`` until it returns something or ``wait_s`` passes."""
         ev = self._event(queue)
-        quiet, due = queue in self._quiet, self._quiet.pop(queue, None)
+        due, since = self._quiet.pop(queue, (None, -math.inf))
+        quiet = self.clock.monotonic() - since < QUIET_FOR_S
         if not (quiet and wait_s > 0 and (due is None or due > self.clock.time())):
             got, due = await attempt()
             if got:
@@ -101,7 +107,8 @@ class Waker:
                     # quiet, unless told of a change during the last look (without a watcher
                     # a change in another process would go unseen)
                     if self._watch is not None and not ev.is_set():
-                        self._quiet[queue] = _sooner(due, self._due.get(queue))
+                        self._quiet[queue] = (_sooner(due, self._due.get(queue)),
+                                              self.clock.monotonic())
                     return []
                 until_due = math.inf if due is None else max(0.0, due - self.clock.time())
                 woken = await self._wait(ev, min(remaining, until_due))
@@ -157,6 +164,9 @@ class Waker:
         woke = False
         for queue, due in changed.items():
             if queue not in self._waiting:
+                # its waiter left while this look was under way and may have called it quiet:
+                # the change must not be lost, so its next receive looks at the store
+                self._quiet.pop(queue, None)
                 continue
             if due is not None and due <= now:
                 self._due.pop(queue, None)
