@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sendcli import SendCli, broker_url, one_line_error
 from swell.brokers.base import Message
 from swell.brokers.url import open_broker
 from swell.core.errors import BrokerUnavailable, SwellError
@@ -32,19 +31,11 @@ orders = app.queue("orders", max_message_bytes=4096)
 '''
 
 
-class Sender:
+class Sender(SendCli):
     """``python -m swell send ...`` against one broker URL, and a look at what it stored."""
 
     def __init__(self, cwd: Path, url: str) -> None:
-        (cwd / "app.py").write_text(APP)
-        self.cwd, self.url = cwd, url
-        self.env = {k: v for k, v in os.environ.items() if k not in {"COLUMNS", "SWELL_BROKER"}}
-        self.env["SWELL_BROKER"] = url
-
-    def send(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "swell", "send", "--app", "app.py", *args],
-                              cwd=self.cwd, env=self.env, input=stdin, capture_output=True,
-                              text=True, timeout=120)
+        super().__init__(cwd, url, APP)
 
     def stored(self, queue: str = "orders") -> list[int]:
         """The ``n`` of every event stored in ``queue``."""
@@ -64,23 +55,13 @@ class Sender:
 
 @pytest.fixture(params=["sqlite", "nats"])
 def sender(request: pytest.FixtureRequest, tmp_path: Path) -> Sender:
-    if request.param == "sqlite":
-        return Sender(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
-    server = request.getfixturevalue("nats_server")
-    return Sender(tmp_path, f"{server}?namespace=t{uuid.uuid4().hex[:12]}")
+    return Sender(tmp_path, broker_url(request, tmp_path, request.param))
 
 
 def lines(n: int, big: int | None = None) -> str:
     """``n`` JSON lines ``{"n": i}``; line ``big`` (1-based) is over the queue's 4 KiB."""
     return "".join(json.dumps({"n": i, "pad": "x" * 5000} if i + 1 == big else {"n": i}) + "\n"
                    for i in range(n))
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error:")
-    return line
 
 
 def test_an_oversize_line_stores_nothing_and_is_named(sender: Sender) -> None:

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from eventually import until
+from sendcli import SendCli, broker_url, one_line_error
 from swell import App, Event, Runtime
 from swell.brokers.base import Message
 from swell.brokers.url import open_broker
@@ -34,21 +32,13 @@ clicks = app.stream("clicks", partitions=4)
 '''
 
 
-class Cli:
+class Cli(SendCli):
     def __init__(self, cwd: Path, url: str) -> None:
-        (cwd / "app.py").write_text(APP)
-        self.cwd, self.url = cwd, url
-        self.env = {k: v for k, v in os.environ.items() if k not in {"COLUMNS", "SWELL_BROKER"}}
-        self.env["SWELL_BROKER"] = url
+        super().__init__(cwd, url, APP)
 
     def __call__(self, *args: str | bytes, stdin: bytes | None = None,
                  app: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "swell", "send", *(["--app", "app.py"] if app else []), *args]
-        result = subprocess.run(argv, cwd=self.cwd, env=self.env, input=stdin, capture_output=True,
-                                timeout=120)
-        return subprocess.CompletedProcess(result.args, result.returncode,
-                                           result.stdout.decode(errors="replace"),
-                                           result.stderr.decode(errors="replace"))
+        return self.send(*args, stdin=stdin, app=app)
 
     def depth(self) -> int:
         async def go() -> int:
@@ -65,22 +55,12 @@ class Cli:
 
 @pytest.fixture(params=["sqlite", "nats"])
 def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
-    if request.param == "sqlite":
-        return Cli(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
-    server = request.getfixturevalue("nats_server")
-    return Cli(tmp_path, f"{server}?namespace=e{uuid.uuid4().hex[:12]}")
+    return Cli(tmp_path, broker_url(request, tmp_path, request.param))
 
 
 @pytest.fixture
 def sqlite_cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error:")
-    return line
 
 
 # -- streams ---------------------------------------------------------------------------------------
