@@ -842,17 +842,21 @@ class SqliteBroker:
 
     # -- dead letters --------------------------------------------------------------------------
     async def dead_letter(self, receipt: Receipt, reason: str, error: str | None = None) -> bool:
-        moved = await self._run(lambda c: self._tx(c, self._dead_letter, receipt, reason,
-                                                   error, self.clock.time()))
-        if moved:
-            self._wake_dlq(receipt.queue)
-        return moved
+        # (woken when the move is done, even if this caller is cancelled meanwhile, as a send)
+        return await self._run(lambda c: self._tx(c, self._dead_letter, receipt, reason,
+                                                  error, self.clock.time()),
+                               wake=self._dlq_of(receipt.queue))
+
+    def _dlq_of(self, queue: str) -> tuple[str, ...]:
+        """``queue``'s dead-letter queue, if its spec is known here (it is, for a leased one)."""
+        spec = self._specs.get(queue)
+        return () if spec is None or spec[1].dead_letter_queue is None else (
+            spec[1].dead_letter_queue,)
 
     def _wake_dlq(self, queue: str) -> None:
         """Something went into ``queue``'s dead-letter queue: wake whoever waits on that."""
-        spec = self._specs.get(queue)
-        if spec is not None and spec[1].dead_letter_queue is not None:
-            self._waker.notify(spec[1].dead_letter_queue)
+        for dlq in self._dlq_of(queue):
+            self._waker.notify(dlq)
 
     def _dead_letter(self, conn: sqlite3.Connection, r: Receipt, reason: str,
                      error: str | None, now: float) -> bool:
