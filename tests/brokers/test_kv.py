@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from swell.brokers.base import Broker
@@ -92,6 +93,40 @@ async def test_scan_by_prefix_skips_expired(broker: Broker, timing: Timing) -> N
     assert [e.key for e in await kv.scan("a/")] == ["a/", "a//b/"]
     assert [e.key for e in await kv.scan("a")] == ["a", "a/", "a//b/", "ab/c"]
     assert [e.key for e in await kv.scan("nodes/a")] == ["nodes/a"]
+
+
+async def test_a_scan_sees_every_live_key_while_they_are_written_again(broker: Broker) -> None:
+    # the heartbeats of several nodes, each rewritten while another node scans them: a scan that
+    # missed a key being rewritten made a node think it was alone and take every share (NATS)
+    kv = broker.kv
+    keys = [f"beats/{i}" for i in range(4)]
+    for k in keys:
+        await kv.put(k, b"x" * 200, ttl_s=600)
+    stop = asyncio.Event()
+
+    async def rewrite(key: str) -> None:
+        while not stop.is_set():
+            await kv.put(key, b"x" * 200, ttl_s=600)
+            await asyncio.sleep(0)
+
+    writers = [asyncio.create_task(rewrite(k)) for k in keys]
+    try:
+        seen = [[e.key for e in await kv.scan("beats/")] for _ in range(300)]
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    missed = [s for s in seen if s != keys]
+    assert not missed, f"{len(missed)} of {len(seen)} scans missed a key, e.g. {missed[0]}"
+
+
+async def test_a_scan_reads_more_keys_than_one_batch(broker: Broker) -> None:
+    kv = broker.kv
+    n = 2500  # NATS answers at most 1,024 messages to one batched read
+    await asyncio.gather(*(kv.put(f"many/{i:05}", str(i).encode()) for i in range(n)))
+    await kv.put("manyX", b"no")
+    entries = await kv.scan("many/")
+    assert [e.key for e in entries] == [f"many/{i:05}" for i in range(n)]
+    assert entries[1234].value == b"1234"
 
 
 async def test_release_without_counting_keeps_the_message_from_its_dlq(

@@ -124,6 +124,8 @@ T = TypeVar("T")
 MIN_SERVER = (2, 12)
 CONSUMER = "swell"
 REQUEST_TIMEOUT_S = 5.0
+#: the most entries one kv scan reads (the server's own cap on a batched direct get)
+SCAN_BATCH = 1024
 CONNECT_TIMEOUT_S = 5.0
 PING_INTERVAL_S = 10
 SPEC_REFRESH_S = 5.0
@@ -264,6 +266,10 @@ def _dec_headers(raw: str | None) -> dict[str, str]:
 
 def _status(msg: Msg) -> str | None:
     return msg.headers.get("Status") if msg.headers and not msg.data else None
+
+
+class _TooMany(BrokerError):
+    """A batched direct get that would answer more messages than the server sends at once."""
 
 
 class _ApiError(BrokerError):
@@ -720,7 +726,13 @@ class NatsBroker:
                         break
                     raise BrokerUnavailable(f"NATS at {self.url} did not answer a read of "
                                             f"{stream}")
-                if _status(msg) is not None:
+                status = _status(msg)
+                if status is not None:  # the end of the batch (204), or none at all (404)
+                    if status == "413":
+                        raise _TooMany(f"NATS: more results than one read of {stream} takes")
+                    if status not in ("204", "404"):
+                        raise BrokerError(f"NATS refused a read of {stream}: {status} "
+                                          f"{(msg.headers or {}).get('Description', '')}")
                     break
                 out.append(msg)
         return out
@@ -1545,37 +1557,40 @@ class NatsKV:
         return False
 
     async def scan(self, prefix: str) -> list[KvEntry]:
-        """Every live entry whose key starts with ``prefix``; reads the last message of every key
-        in the bucket (an ordered, ephemeral consumer)."""
+        """Every live entry whose key starts with ``prefix``: the last message of every matching
+        key in one batched direct get (``multi_last``), each read as the request is served.
+
+        (Not an ordered consumer from each key's last message: a key written again between the
+        consumer's creation and its delivery loses its old message, and the new one may come
+        after the consumer said nothing was pending, so a live key went unseen now and then.)"""
         await self._ensure()
-        nc = await self._b._client()
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        name: str | None = None
-        entries: list[KvEntry] = []
+        subject = f"{self._prefix}{_key_filter(prefix)}"
         try:
-            created = await self._b._api(f"CONSUMER.CREATE.{self._stream}", {
-                "stream_name": self._stream, "config": {
-                    "deliver_policy": "last_per_subject", "ack_policy": "none",
-                    "filter_subject": f"{self._prefix}{_key_filter(prefix)}", "deliver_subject": inbox,
-                    "replay_policy": "instant", "mem_storage": True, "num_replicas": 1,
-                    "inactive_threshold": _ns(5)}})
-            name, pending = created["name"], int(created["num_pending"])
-            while pending > 0:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):  # ours: see _request
-                    msg = await sub.next_msg(timeout=None)
-                meta = msg.metadata
-                pending = meta.num_pending
-                key = _dec_key(msg.subject[len(self._prefix):])
-                entry = self._entry(key, msg.headers or {}, msg.data, meta.sequence.stream)
-                if entry is not None and key.startswith(prefix):
-                    entries.append(entry)
-        except TimeoutError as exc:
-            raise BrokerUnavailable(f"NATS at {self._b.url} stopped answering a kv scan") from exc
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            if name is not None:
-                with contextlib.suppress(BrokerError):
-                    await self._b._api(f"CONSUMER.DELETE.{self._stream}.{name}")
+            msgs = await self._b._direct(self._stream, {"multi_last": [subject],
+                                                         "batch": SCAN_BATCH})
+        except _TooMany:  # more keys than one read takes: list them, then read them in parts
+            subjects = await self._subjects(subject)
+            msgs = []
+            for i in range(0, len(subjects), SCAN_BATCH):
+                part = subjects[i : i + SCAN_BATCH]
+                msgs += await self._b._direct(self._stream, {"multi_last": part,
+                                                              "batch": len(part)})
+        entries: list[KvEntry] = []
+        for msg in msgs:
+            raw = msg.headers or {}
+            key = _dec_key(raw.get("Nats-Subject", "")[len(self._prefix):])
+            entry = self._entry(key, raw, msg.data, int(raw.get("Nats-Sequence", "0")))
+            if entry is not None and key.startswith(prefix):
+                entries.append(entry)
         return sorted(entries, key=lambda e: e.key)
+
+    async def _subjects(self, subject_filter: str) -> list[str]:
+        """The subjects in the bucket that match ``subject_filter`` (the stream's info, by pages)."""
+        subjects: list[str] = []
+        while True:
+            info = await self._b._api(f"STREAM.INFO.{self._stream}", {
+                "subjects_filter": subject_filter, "offset": len(subjects)})
+            page = list(info.get("state", {}).get("subjects") or {})
+            subjects += page
+            if not page or len(subjects) >= int(info.get("total", 0)):
+                return subjects

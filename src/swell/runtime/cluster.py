@@ -10,8 +10,10 @@ when its entries expire, and the others' shares grow to cover it; the queue's le
 unfinished events back.
 
 One node per function, its *leader* (picked by ``leader`` from the sorted live nodes), decides for
-all: the others apply its latest published decision, so once every node has seen it (within a
-tick) the shares sum to it exactly. Every node keeps its own controller fed with the global readings, so
+all: the others apply its latest published decision, split over the members it counts, so once
+every node has seen it (within a tick) the shares sum to it exactly. A node joining takes no share
+until every peer counts it, so that while the views differ the shares never sum past it.
+Every node keeps its own controller fed with the global readings, so
 the next leader is warm when the leader dies.
 """
 

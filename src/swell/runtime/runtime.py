@@ -77,6 +77,8 @@ class FunctionState:
     share: int = 0
     """This node's part of it."""
     nodes: int = 1
+    members: list[str] = field(default_factory=list)
+    """The nodes the decision is split over (the leader's view)."""
     leader: str = ""
     decided_at: float = 0.0
     applied: int = -1
@@ -122,6 +124,9 @@ class FunctionStatus(msgspec.Struct, kw_only=True):
     lags: list[int] = []
     """A group's lag per partition."""
     hot_keys: list[HotKey] = []
+    members: list[str] = []
+    """The nodes ``desired`` is split over, in rank order: the leader's view of who is live, which
+    every node follows (one not yet in it takes no share until the leader counts it)."""
     succeeded: int
     dead_lettered: int
     at: float
@@ -320,9 +325,11 @@ class Runtime:
 
     async def _apply(self, st: FunctionState, peers: dict[str, FunctionStatus]) -> None:
         """Take this node's share of the function's decision (and of its warm floor): its own
-        controller's if it leads the function, else the leader's latest."""
+        controller's if it leads the function, else the leader's latest, split over the leader's
+        members. A node that some peer does not count yet (it just joined) takes nothing until
+        every peer counts it, so the shares do not sum past the decision while the nodes' views
+        of each other differ (a tick at most; the newcomer waits, the others do not)."""
         nodes = sorted({self.node, *peers})
-        rank, st.nodes = nodes.index(self.node), len(nodes)
         group = st.fn.group
         if group is not None and st.decision.desired > group.stream.partitions:
             # a partition is worked by one instance at a time: more would only wait
@@ -333,11 +340,19 @@ class Runtime:
         if led is not None:
             st.decision = Decision(led.desired, led.reason)
             st.decided_at = led.decided_at
-        elif st.decision.desired != st.applied:
-            st.decided_at = self.clock.time()  # this node leads, and its decision is a new one
+            st.members = led.members or nodes  # (a status from before members were published)
+        else:
+            if st.decision.desired != st.applied:
+                st.decided_at = self.clock.time()  # this node leads: a new decision
+            st.members = nodes
         st.applied = st.decision.desired
-        st.share = share(st.decision.desired, rank, st.nodes, st.fn.name)
-        floor = share(st.fn.min_instances, rank, st.nodes, st.fn.name)
+        # counted by every peer too: a newcomer that leads in its own view still waits for the
+        # nodes that do not know it yet to take their smaller shares
+        counted = self.node in st.members and all(
+            not p.members or self.node in p.members for p in peers.values())
+        rank, st.nodes = (st.members.index(self.node) if counted else 0), len(st.members)
+        st.share = share(st.decision.desired, rank, st.nodes, st.fn.name) if counted else 0
+        floor = share(st.fn.min_instances, rank, st.nodes, st.fn.name) if counted else 0
         d = st.dispatcher
         if isinstance(d, GroupDispatcher):
             await d.set_limit(max(st.share, floor))
@@ -345,7 +360,7 @@ class Runtime:
                 # partitions go only to nodes with units (all of them while the function is at
                 # zero: each then activates on the lag of its own partitions)
                 working = None if st.decision.desired == 0 else [
-                    n for i, n in enumerate(nodes)
+                    n for i, n in enumerate(st.members)
                     if max(share(st.decision.desired, i, st.nodes, st.fn.name),
                            share(st.fn.min_instances, i, st.nodes, st.fn.name)) > 0]
                 await d.rebalance(nodes, leads=st.leader == self.node, working=working)
@@ -424,6 +439,7 @@ class Runtime:
             app=self.app.name, function=st.fn.name, node=self.node, queue=st.fn.queue.name,
             mode=st.fn.mode, controller=repr(st.controller), desired=st.decision.desired,
             share=st.share, nodes=st.nodes, leader=st.leader, decided_at=st.decided_at,
+            members=st.members,
             reason=st.decision.reason, signals=_asdict(s),
             obs=for_publishing(own), succeeded=m.succeeded, dead_lettered=m.dead_lettered,
             at=self.clock.time())
@@ -571,8 +587,8 @@ def _reading(st: FunctionState, s: Signals, own: Observation) -> tuple[object, .
     decay for a long while after the last event): the same reading need not be written again
     before its TTL calls for it."""
     m, d = st.dispatcher.metrics, st.decision
-    return (d.desired, d.reason, st.share, st.nodes, st.leader, st.decided_at, m.succeeded,
-            m.dead_lettered, _observed(own), _signalled(s),
+    return (d.desired, d.reason, st.share, tuple(st.members), st.leader, st.decided_at,
+            m.succeeded, m.dead_lettered, _observed(own), _signalled(s),
             tuple(None if v is None else round(v, 3) for v in _smoothed(s)))
 
 
