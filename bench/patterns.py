@@ -36,7 +36,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from swell.core.patterns import Pattern
+from swell.core.filters import Pattern
 
 TARGET_PER_S = 200_000
 N_EVENTS = 1_000

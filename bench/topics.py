@@ -40,7 +40,7 @@ from rich.table import Table
 from swell import Producer
 from swell.brokers.base import QueueSpec, SubscriptionSpec, TopicSpec
 from swell.brokers.sqlite import SqliteBroker
-from swell.core.patterns import Pattern
+from swell.core.filters import Pattern
 
 TARGET = 5000.0
 REGIONS = ("eu", "us", "ap")

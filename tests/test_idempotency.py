@@ -17,7 +17,7 @@ from swell import App, Context, Event, Idempotency, IdempotencyConflict, Retry, 
 from swell.brokers.memory import MemoryBroker
 from swell.core.clock import ManualClock
 from swell.core.errors import BrokerUnavailable
-from swell.idempotency import Busy, Done, IdempotencyStore, Started, fingerprint
+from swell.patterns.idempotency import Busy, Done, IdempotencyStore, Started, fingerprint
 
 # -- the store ----------------------------------------------------------------------------------
 

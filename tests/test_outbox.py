@@ -37,8 +37,8 @@ from swell.brokers.memory import MemoryBroker
 from swell.brokers.sqlite import SqliteBroker
 from swell.core.clock import ManualClock
 from swell.core.errors import BrokerUnavailable
-from swell.outbox import Relay, relay_once
-from swell.sinks import claim
+from swell.patterns.outbox import Relay, relay_once
+from swell.patterns.sinks import claim
 from swellprocs import EXIT_S, READY_S, wait_for
 
 APP_FILE = Path(__file__).parent / "apps_outbox" / "outbox_app.py"

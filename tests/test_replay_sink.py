@@ -18,7 +18,7 @@ import pytest
 from swell import App, Broker, Context, Message, Producer
 from swell.brokers.nats import NatsBroker
 from swell.brokers.sqlite import SqliteBroker
-from swell.replay import Replay
+from swell.patterns.replay import Replay
 from swell.runtime.app import declare
 
 N = 240

@@ -32,7 +32,7 @@ from eventually import until
 from swell import App, AppError, Broker, Context, PayloadError, Retry, Runtime
 from swell.brokers.memory import MemoryBroker
 from swell.brokers.sqlite import SqliteBroker
-from swell.sagas import SagaContext, SagaError, SagaLog, admin
+from swell.patterns.sagas import SagaContext, SagaError, SagaLog, admin
 from swellprocs import EXIT_S, Swell
 
 FAST = Retry(attempts=2, backoff=0.01, jitter=False)
@@ -382,9 +382,9 @@ async def test_start_validates_the_data_and_is_idempotent_per_id(broker: MemoryB
 async def test_a_start_message_whose_log_was_never_written_writes_it(broker: MemoryBroker) -> None:
     """``start`` sends the first message before it writes the log: a starter that stops in
     between leaves a message from which the runner writes the log."""
+    from swell.patterns.sagas.log import new_log
+    from swell.patterns.sagas.runner import send_wake
     from swell.runtime.producer import Producer
-    from swell.sagas.log import new_log
-    from swell.sagas.runner import send_wake
 
     shop = Shop()
     async with running(shop.app, broker):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from swell import ConfigError
-from swell.sinks import claim, claim_async
+from swell.patterns.sinks import claim, claim_async
 
 
 @pytest.fixture

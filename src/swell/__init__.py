@@ -32,14 +32,14 @@ from swell.core.errors import (
     UnknownTopic,
 )
 from swell.core.event import Event
-from swell.core.patterns import Pattern, PatternError, SubjectPattern
-from swell.idempotency import Idempotency
+from swell.core.filters import Pattern, PatternError, SubjectPattern
+from swell.patterns.idempotency import Idempotency
+from swell.patterns.sagas import Saga, SagaContext
 from swell.runtime.app import App, Function, Group, Queue, Stream, Subscription, Topic
 from swell.runtime.context import Context
 from swell.runtime.producer import Producer
 from swell.runtime.retry import Retry
 from swell.runtime.runtime import Runtime
-from swell.sagas import Saga, SagaContext
 from swell.scaling.auto import Auto
 from swell.scaling.base import Controller, Decision
 from swell.scaling.limiters import Limiter, RateLimit

@@ -597,7 +597,7 @@ async def replay(stream: str, group: str, start: str, end: str, slice_: str, con
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from swell.replay import Replay
+    from swell.patterns.replay import Replay
     from swell.runtime.app import declare
 
     target = find_app(app_path)
@@ -928,7 +928,7 @@ def _event_id(body: bytes) -> str | None:
 
 # -- saga -------------------------------------------------------------------------------------
 def _saga_states() -> list[str]:
-    from swell.sagas.log import SAGA_STATES
+    from swell.patterns.sagas.log import SAGA_STATES
 
     return list(SAGA_STATES)
 
@@ -959,9 +959,9 @@ async def _on_saga(broker_url: str | None, app_path: str | None, ref: str,
                    act: Callable[[Broker], Awaitable[Any]]) -> Any:
     """Run an override of saga ``ref``; if its queue (where the message that moves it on goes) is
     not declared on the broker, declare the app first (``--app``, SWELL_APP, pyproject.toml)."""
+    from swell.patterns.sagas import admin
+    from swell.patterns.sagas.log import queue_of
     from swell.runtime.app import declare
-    from swell.sagas import admin
-    from swell.sagas.log import queue_of
 
     async def go(broker: Broker) -> Any:
         queue = queue_of((await admin.find(broker.kv, ref)).saga)
@@ -993,7 +993,7 @@ async def saga_list(name: str | None, state: str | None, limit: int, broker_url:
     """Sagas, the most recently changed first: id, saga, state, step, updated."""
     from collections import Counter
 
-    from swell.sagas import admin
+    from swell.patterns.sagas import admin
 
     rows = await _with_broker(broker_url, lambda b: admin.sagas(b.kv, saga=name, state=state))
     if not rows:
@@ -1021,7 +1021,7 @@ async def saga_show(ref: str, broker_url: str | None) -> None:
     """One saga: its data, its steps and its whole log. ID is NAME/ID, or an ID only one saga has."""
     import json
 
-    from swell.sagas import admin
+    from swell.patterns.sagas import admin
 
     lg = await _with_broker(broker_url, lambda b: admin.find(b.kv, ref))
     console.print(f"[bold]saga {lg.saga}/{lg.id}[/]: {_styled(lg.state)}"
@@ -1065,7 +1065,7 @@ def _saga_override(verb: str, done: str, doc: str) -> None:
     @command
     async def override(ref: str, by: str, reason: str | None, app_path: str | None,
                        broker_url: str | None) -> None:
-        from swell.sagas import admin
+        from swell.patterns.sagas import admin
 
         act = getattr(admin, verb)
         _overridden(done, await _on_saga(
@@ -1093,7 +1093,7 @@ _saga_override("retry", "retrying", "Run the step (or compensation) where saga I
 async def saga_skip(ref: str, by: str, reason: str, step: str | None, result_json: str | None,
                     app_path: str | None, broker_url: str | None) -> None:
     """Mark a step of saga ID done (going forward) or compensated (compensating) by hand."""
-    from swell.sagas import admin
+    from swell.patterns.sagas import admin
 
     result = None if result_json is None else decode_json(result_json)
     _overridden("skipped a step of", await _on_saga(
@@ -1111,7 +1111,7 @@ async def saga_skip(ref: str, by: str, reason: str, step: str | None, result_jso
 async def saga_abort(ref: str, by: str, reason: str, app_path: str | None,
                      broker_url: str | None) -> None:
     """Stop saga ID going forward and compensate what may have run, in reverse order."""
-    from swell.sagas import admin
+    from swell.patterns.sagas import admin
 
     _overridden("aborted", await _on_saga(
         broker_url, app_path, ref, lambda b: admin.abort(b, ref, by=by, reason=reason)))

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from swell import App, Idempotency
-from swell.sinks import claim
+from swell.patterns.sinks import claim
 
 LEDGER = os.environ["SWELL_TEST_LEDGER"]
 

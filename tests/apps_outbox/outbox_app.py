@@ -17,7 +17,7 @@ import sqlite3
 from typing import Any
 
 from swell import App, Context
-from swell.sinks import claim
+from swell.patterns.sinks import claim
 
 DB = os.environ["SWELL_TEST_DB"]
 EFFECTS = os.environ["SWELL_TEST_EFFECTS"]

@@ -22,7 +22,7 @@ import sqlite3
 from pydantic import BaseModel
 
 from swell import App, Retry
-from swell.sagas import SagaContext
+from swell.patterns.sagas import SagaContext
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, saga TEXT NOT NULL, kind TEXT NOT NULL,

@@ -15,7 +15,7 @@ import pytest
 
 from swell.brokers.base import Broker, Delivery, Message, QueueSpec, SubscriptionSpec, TopicSpec
 from swell.core.errors import MessageTooLarge, PayloadError, UnknownTopic
-from swell.core.patterns import Pattern, PatternError
+from swell.core.filters import Pattern, PatternError
 
 if TYPE_CHECKING:
     from conftest import Timing

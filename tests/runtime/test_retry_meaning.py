@@ -14,7 +14,7 @@ from eventually import until
 from swell import App, Retry, Runtime, Throttled
 from swell.brokers.base import Broker, Message
 from swell.brokers.memory import MemoryBroker
-from swell.replay import Replay
+from swell.patterns.replay import Replay
 from swell.runtime.app import declare
 from swell.runtime.producer import Producer
 

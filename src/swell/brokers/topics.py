@@ -11,7 +11,7 @@ import msgspec
 
 from swell.brokers.base import Message, SubscriptionSpec, TopicSpec
 from swell.core.errors import MessageTooLarge
-from swell.core.patterns import Pattern, SubjectPattern, check_subject
+from swell.core.filters import Pattern, SubjectPattern, check_subject
 
 _decode = msgspec.json.Decoder().decode
 

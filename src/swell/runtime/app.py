@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from swell.brokers.base import KiB, QueueSpec, StreamSpec, SubscriptionSpec, TopicSpec
 from swell.core.config import MAX_COUNT, Duration, seconds, whole
 from swell.core.errors import AppError, ConfigError
-from swell.core.patterns import Pattern, SubjectPattern
-from swell.idempotency import Idempotency
+from swell.core.filters import Pattern, SubjectPattern
+from swell.patterns.idempotency import Idempotency
 from swell.runtime.handler import Handler
 from swell.runtime.retry import Retry
 from swell.scaling.base import Controller
@@ -207,14 +207,14 @@ class App:
         return lim
 
     if TYPE_CHECKING:
-        from swell.sagas.saga import Saga
+        from swell.patterns.sagas.saga import Saga
 
     def saga(self, name: str, *, step_timeout: Duration = "30s", retry: Retry | None = None,
              compensation_retry: Retry | None = None, visibility_timeout: Duration = 30.0,
              concurrency: int | Controller | None = None, retention: Duration = "7d") -> Saga:
         """Declare a saga: ordered steps, each an action and a compensation, run by the queue and
-        function ``saga.<name>`` that this declares (see ``swell.sagas.Saga``)."""
-        from swell.sagas.saga import Saga
+        function ``saga.<name>`` that this declares (see ``swell.patterns.sagas.Saga``)."""
+        from swell.patterns.sagas.saga import Saga
 
         return Saga(self, name, step_timeout=step_timeout, retry=retry,
                     compensation_retry=compensation_retry, visibility_timeout=visibility_timeout,
@@ -275,14 +275,14 @@ class App:
                                       attributes=attributes, **attrs)
 
     if TYPE_CHECKING:
-        from swell.outbox import Outbox
+        from swell.patterns.outbox import Outbox
 
     def outbox(self, connection: Any) -> Outbox:
         """Events that go out only if ``connection``'s transaction commits (a sqlite3 or psycopg
         connection): ``with app.outbox(conn) as outbox: outbox.publish("emails", {...})`` (or
         ``async with``) writes them into its ``swell_outbox`` table; the relay publishes them.
-        Neither commits nor rolls back: the caller's transaction does (see ``swell.outbox``)."""
-        from swell.outbox import Outbox
+        Neither commits nor rolls back: the caller's transaction does (see ``swell.patterns.outbox``)."""
+        from swell.patterns.outbox import Outbox
 
         return Outbox(self, connection)
 
@@ -291,7 +291,7 @@ class App:
         """Relay the outbox of the database ``connect()`` opens while a Runtime of this app runs
         (``swell run``): unsent events in order, ``batch`` at a time, every ``interval``, each
         with its event id as dedup id; failures are retried, nothing is skipped."""
-        from swell.outbox import relay_service
+        from swell.patterns.outbox import relay_service
 
         self.services.append(relay_service(self, connect, interval=interval, batch=batch))
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from swell.brokers.base import Delivery
 from swell.core.errors import InProgress
 from swell.core.event import Event
-from swell.idempotency import Once
+from swell.patterns.idempotency import Once
 
 if TYPE_CHECKING:
-    from swell.idempotency import IdempotencyStore
+    from swell.patterns.idempotency import IdempotencyStore
     from swell.runtime.producer import Producer, Target
 
 T = TypeVar("T")
@@ -91,7 +91,7 @@ class Context:
 
     @asynccontextmanager
     async def _once(self, key: str) -> AsyncIterator[Once]:
-        from swell.idempotency import Busy, Done, IdempotencyStore, fingerprint
+        from swell.patterns.idempotency import Busy, Done, IdempotencyStore, fingerprint
 
         if self._idem is None:  # no function-level store: one for this function
             self._idem = (IdempotencyStore(self._producer.broker.kv, self.function,

@@ -34,8 +34,8 @@ from typing import Any
 from swell.brokers.base import Broker, Delivery, QueueSpec, Receipt
 from swell.core.clock import Clock
 from swell.core.errors import SwellError
-from swell.idempotency import IdempotencyStore
 from swell.observe.metrics import FunctionMetrics
+from swell.patterns.idempotency import IdempotencyStore
 from swell.runtime.app import Function
 from swell.runtime.executor import Executor, Outcome, once
 from swell.runtime.producer import Producer
@@ -354,7 +354,7 @@ class Dispatcher:
         return self.executor.execute(d, extras)
 
     async def _once(self, d: Delivery) -> Outcome:
-        """``_execute`` under the function's idempotency key (see ``swell.idempotency``)."""
+        """``_execute`` under the function's idempotency key (see ``swell.patterns.idempotency``)."""
         assert self._idem is not None and self._store is not None
         return await once(self.fn.name, self._idem, self._store, d, self._lease_s,
                           lambda state: self._execute(d, state))

@@ -22,7 +22,7 @@ import pydantic
 from swell.brokers.base import Delivery
 from swell.core.errors import IdempotencyConflict, PayloadError, SwellError, Throttled
 from swell.core.event import Event
-from swell.idempotency import Busy, Done, Idempotency, IdempotencyStore, fingerprint
+from swell.patterns.idempotency import Busy, Done, Idempotency, IdempotencyStore, fingerprint
 from swell.runtime.app import Function
 from swell.runtime.context import Context, SyncContext
 from swell.runtime.producer import Producer
@@ -135,7 +135,7 @@ def log_failure(fn: str, event_id: str, attempt: int, exc: BaseException | str) 
 
 async def once(function: str, idem: Idempotency, store: IdempotencyStore, d: Delivery, lease_s: float,
                execute: Callable[[dict[str, Any]], Awaitable[Outcome]]) -> Outcome:
-    """Run ``execute`` under the event's idempotency key (see ``swell.idempotency``): a key done
+    """Run ``execute`` under the event's idempotency key (see ``swell.patterns.idempotency``): a key done
     before is a ``duplicate``, one in progress elsewhere (or a store that fails: fail closed) is
     ``throttled``, a key reused for other content is ``invalid``; afterwards the key is completed
     with the handler's result, or cleared so a retry can run. ``execute`` gets the state the

@@ -43,8 +43,8 @@ from swell.brokers.base import (
 from swell.brokers.logs import commit, committed
 from swell.core.clock import Clock
 from swell.core.errors import SwellError
-from swell.idempotency import IdempotencyStore
 from swell.observe.metrics import FunctionMetrics
+from swell.patterns.idempotency import IdempotencyStore
 from swell.runtime.app import Function, Group
 from swell.runtime.executor import Executor, Outcome, once
 from swell.runtime.producer import Producer

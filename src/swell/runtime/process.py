@@ -35,7 +35,7 @@ import msgspec
 from swell.brokers.base import Delivery
 from swell.core.errors import AppError, InProgress
 from swell.core.event import Event
-from swell.idempotency import Once
+from swell.patterns.idempotency import Once
 from swell.runtime.app import App, Function
 from swell.runtime.context import Context
 from swell.runtime.executor import Outcome, describe, log_failure

@@ -29,7 +29,7 @@ import msgspec
 from swell.core import errors
 from swell.core.errors import AppError, InProgress, PayloadError, SwellError
 from swell.core.event import Event
-from swell.idempotency import Once
+from swell.patterns.idempotency import Once
 from swell.runtime.app import App, Function
 from swell.runtime.context import Context
 from swell.runtime.executor import NotRun, Outcome, bind, check_result, describe, outcome_of

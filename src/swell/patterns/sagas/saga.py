@@ -21,12 +21,12 @@ from swell.core.codec import decode_json, encode_json
 from swell.core.config import Duration, seconds
 from swell.core.errors import AppError, PayloadError, Throttled
 from swell.core.event import new_id
+from swell.patterns.sagas.log import SagaError, SagaLog, actor_here, decode, encode, key_of, new_log, queue_of
+from swell.patterns.sagas.runner import MAX_MOVES, Runner, send_wake
+from swell.patterns.sagas.steps import Call, SagaContext, Step, check_part
 from swell.runtime.context import Context
 from swell.runtime.executor import describe_validation
 from swell.runtime.retry import Retry
-from swell.sagas.log import SagaError, SagaLog, actor_here, decode, encode, key_of, new_log, queue_of
-from swell.sagas.runner import MAX_MOVES, Runner, send_wake
-from swell.sagas.steps import Call, SagaContext, Step, check_part
 
 if TYPE_CHECKING:
     from swell.runtime.app import App

@@ -9,8 +9,8 @@ store, run by the normal runtime (``swell run``) and overridden by operators (``
 >>> saga_id = await checkout.start({"id": "o-1", "amount": 10})
 """
 
-from swell.sagas.log import Entry, SagaError, SagaLog, SagaState, StepLog, StepState
-from swell.sagas.saga import Saga, SagaContext
+from swell.patterns.sagas.log import Entry, SagaError, SagaLog, SagaState, StepLog, StepState
+from swell.patterns.sagas.saga import Saga, SagaContext
 
 __all__ = ["Entry", "Saga", "SagaContext", "SagaError", "SagaLog", "SagaState", "StepLog",
            "StepState"]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swell.core.errors import ConfigError, PayloadError
-from swell.core.patterns import Pattern, PatternError, SubjectPattern, check_subject
+from swell.core.filters import Pattern, PatternError, SubjectPattern, check_subject
 
 # The example event of the event-ruler README, as a CloudEvent with its detail as data.
 EVENT: dict[str, Any] = {

@@ -12,8 +12,7 @@ from typing import Any
 
 from swell.brokers.base import KV, Broker
 from swell.core.clock import SYSTEM_CLOCK, Clock
-from swell.runtime.producer import Producer
-from swell.sagas.log import (
+from swell.patterns.sagas.log import (
     ACTIVE,
     KEY_PREFIX,
     MAY_HAVE_RUN,
@@ -24,7 +23,8 @@ from swell.sagas.log import (
     key_of,
     update,
 )
-from swell.sagas.runner import send_wake
+from swell.patterns.sagas.runner import send_wake
+from swell.runtime.producer import Producer
 
 
 async def sagas(kv: KV, *, saga: str | None = None, state: str | None = None) -> list[SagaLog]:

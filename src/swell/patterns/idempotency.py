@@ -17,7 +17,7 @@ A record per key lives in the broker's kv store, namespaced by function (``swell
 What this does not guarantee: an effect outside a transaction (a call to a payment API, a line in a
 file) that happened just before a crash, when the ``COMPLETED`` record had not been written, can
 happen again once the ``IN_PROGRESS`` record expires. For exactly-once effects on a database,
-write the effect and its key in one transaction (``swell.sinks.claim``).
+write the effect and its key in one transaction (``swell.patterns.sinks.claim``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from swell.core.config import Duration, seconds
 from swell.core.errors import IdempotencyConflict, SwellError
 from swell.core.event import Event
 
-log = logging.getLogger("swell.idempotency")
+log = logging.getLogger("swell.patterns.idempotency")
 
 PREFIX = "swell/idem/"
 MAX_RESULT_BYTES = 64 * 1024

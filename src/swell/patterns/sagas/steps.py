@@ -14,9 +14,9 @@ from typing import Any
 import pydantic
 
 from swell.core.errors import AppError
+from swell.patterns.sagas.log import Phase
 from swell.runtime.context import Context
 from swell.runtime.retry import Retry
-from swell.sagas.log import Phase
 
 log = logging.getLogger("swell.saga")
 
@@ -103,7 +103,7 @@ class Call:
                 context = p.name
             elif ann is Context:
                 raise AppError(f"{name}: a saga step's context is a SagaContext "
-                               "(from swell.sagas import SagaContext), not a Context")
+                               "(from swell.patterns.sagas import SagaContext), not a Context")
             elif wanted:
                 got[wanted.pop(0)] = (p.name, None if ann in _NO_VALIDATION else adapter(name, ann))
             elif p.default is inspect.Parameter.empty:

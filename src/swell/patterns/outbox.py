@@ -21,7 +21,7 @@ skipped: a failed publish is tried again, after a backoff, until it succeeds, an
 behind it until then. A crash between publishing and marking publishes those rows again; within a
 queue's or topic's dedup window (5 minutes by default) the broker stores them once; a stream
 keeps no dedup ids, and an outage longer than the window gets past it, so consumers dedup too
-(``swell.sinks.claim``). One relay per app relays at a time (a 5-second lease in the broker's kv
+(``swell.patterns.sinks.claim``). One relay per app relays at a time (a 5-second lease in the broker's kv
 store); sent rows are deleted after a day.
 """
 
@@ -42,9 +42,9 @@ from swell.brokers.base import Broker, Message
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.config import Duration, seconds
 from swell.core.errors import AppError, ConfigError, MessageTooLarge, UnknownStream
+from swell.patterns.sinks import SQLITE, Dialect, check_transaction, dialect, is_async
 from swell.runtime.app import Queue, Stream, Topic
 from swell.runtime.producer import Producer
-from swell.sinks import SQLITE, Dialect, check_transaction, dialect, is_async
 
 if TYPE_CHECKING:
     from swell.runtime.app import App
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outbox", "Relay", "relay_once"]
 
-log = logging.getLogger("swell.outbox")
+log = logging.getLogger("swell.patterns.outbox")
 
 T = TypeVar("T")
 Kind = Literal["queue", "topic", "stream"]

@@ -14,9 +14,7 @@ import pydantic
 
 from swell.core.codec import decode_json, encode_json
 from swell.core.errors import PayloadError, Throttled
-from swell.runtime.context import Context
-from swell.runtime.executor import describe, describe_validation
-from swell.sagas.log import (
+from swell.patterns.sagas.log import (
     ACTIVE,
     Phase,
     Run,
@@ -30,11 +28,13 @@ from swell.sagas.log import (
     queue_of,
     update,
 )
-from swell.sagas.steps import SagaContext, Step
+from swell.patterns.sagas.steps import SagaContext, Step
+from swell.runtime.context import Context
+from swell.runtime.executor import describe, describe_validation
 
 if TYPE_CHECKING:
+    from swell.patterns.sagas.saga import Saga
     from swell.runtime.producer import Producer
-    from swell.sagas.saga import Saga
 
 log = logging.getLogger("swell.saga")
 

@@ -1,0 +1,1 @@
+"""Patterns over the brokers: idempotency, dedup sinks, the outbox and its relay, sagas, replays."""
