@@ -18,8 +18,8 @@ import pytest
 from swell import App, Broker, Context, Message, Producer
 from swell.brokers.nats import NatsBroker
 from swell.brokers.sqlite import SqliteBroker
-from swell.patterns.replay import Replay
 from swell.runtime.app import declare
+from swell.runtime.replay import Replay
 
 N = 240
 PARTITIONS = 4

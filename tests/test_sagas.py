@@ -384,7 +384,7 @@ async def test_a_start_message_whose_log_was_never_written_writes_it(broker: Mem
     between leaves a message from which the runner writes the log."""
     from swell.patterns.sagas.log import new_log
     from swell.patterns.sagas.runner import send_wake
-    from swell.runtime.producer import Producer
+    from swell.brokers.producer import Producer
 
     shop = Shop()
     async with running(shop.app, broker):

@@ -13,6 +13,7 @@ from swell.brokers.base import (
     SubscriptionSpec,
     TopicSpec,
 )
+from swell.brokers.producer import Producer
 from swell.brokers.url import open_broker
 from swell.core.clock import Clock, ManualClock, RealClock
 from swell.core.errors import (
@@ -33,12 +34,12 @@ from swell.core.errors import (
 )
 from swell.core.event import Event
 from swell.core.filters import Pattern, PatternError, SubjectPattern
+from swell.core.retry import Retry
 from swell.patterns.idempotency import Idempotency
 from swell.patterns.sagas import Saga, SagaContext
 from swell.runtime.app import App, Function, Group, Queue, Stream, Subscription, Topic
+from swell.runtime.client import Client
 from swell.runtime.context import Context
-from swell.runtime.producer import Producer
-from swell.runtime.retry import Retry
 from swell.runtime.runtime import Runtime
 from swell.scaling.auto import Auto
 from swell.scaling.base import Controller, Decision
@@ -54,6 +55,7 @@ __all__ = [
     "Broker",
     "BrokerError",
     "BrokerUnavailable",
+    "Client",
     "Clock",
     "ConfigError",
     "Context",

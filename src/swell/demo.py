@@ -17,11 +17,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from swell.brokers.base import Message
+from swell.brokers.producer import Producer
+from swell.core.retry import Retry
 from swell.render import fit
 from swell.runtime.app import App
 from swell.runtime.context import Context
-from swell.runtime.producer import Producer
-from swell.runtime.retry import Retry
 from swell.runtime.runtime import Runtime
 
 STOP_GRACE_S = 2.0  # on Ctrl-C, for the orders in hand (a few ms each) to finish

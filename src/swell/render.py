@@ -1,15 +1,20 @@
 """Tables that fit the terminal: the table itself when its columns fit the width, else one block
 per row (its first cell as a heading, then ``header value`` pairs), so that at 80 columns no
-header is cut to ``fun… rea… fli…``."""
+header is cut to ``fun… rea… fli…``; and the few ways of writing a number, a time or a queue's
+stats that the commands share."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from rich.console import Group, RenderableType
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
+
+from swell.brokers.base import QueueStats
+from swell.scaling.hotkeys import HotKey
 
 FOLD_AT = 30
 """A column whose cells may fold (``overflow="fold"``: errors, results) counts this wide at most:
@@ -97,3 +102,37 @@ def _lines(pairs: Iterable[tuple[str, Text]], width: int) -> list[RenderableType
     if line.cell_len > 2:
         lines.append(line)
     return lines
+
+
+# -- values -----------------------------------------------------------------------------------
+def age(s: float) -> str:
+    """A duration, in the unit that reads best: ``40 ms``, ``12.5 s``, ``3.0 min``, ``2.5 h``."""
+    if s < 1:
+        return f"{s * 1000:.0f} ms" if s else "-"
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def when(t: float, ms: bool = False) -> str:
+    """An instant (epoch seconds) in UTC: ``2026-01-02 03:04:05`` (``.678`` with ``ms``)."""
+    out = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f" if ms else "%Y-%m-%d %H:%M:%S")
+    return out[:-3] if ms else out
+
+
+def hot_keys(keys: Iterable[HotKey]) -> str:
+    """Hot keys, comma-separated: ``k 12.5/s (40% of partition 3)``."""
+    return ", ".join(f"{k.key} {k.rate_per_s:,.1f}/s ({k.share:.0%} of partition {k.partition})"
+                     for k in keys)
+
+
+def stats_table(rows: Iterable[QueueStats], title: str = "queues") -> Table:
+    """Queues' stats, a row each: ready, in flight, delayed, age of the oldest."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("queue")
+    for col in ("ready", "in flight", "delayed", "oldest"):
+        table.add_column(col, justify="right")
+    for s in rows:
+        table.add_row(s.queue, f"{s.depth:,}", f"{s.in_flight:,}", f"{s.delayed:,}",
+                      age(s.oldest_age_s))
+    return table

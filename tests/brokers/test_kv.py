@@ -1,18 +1,17 @@
-"""The kv part of the broker protocol, on every backend (time as in ``test_conformance``)."""
+"""The kv part of the broker protocol, on every backend with kv (time as in ``test_conformance``)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
 
-from swell.brokers.base import Broker
+from swell.brokers.base import KV
 
 if TYPE_CHECKING:
     from conftest import Timing  # the fixture's type; pytest imports conftest itself
 
 
-async def test_put_get_and_revisions_grow(broker: Broker) -> None:
-    kv = broker.kv
+async def test_put_get_and_revisions_grow(kv: KV) -> None:
     assert await kv.get("a") is None
     r1 = await kv.put("a", b"1")
     r2 = await kv.put("a", b"2")
@@ -21,8 +20,7 @@ async def test_put_get_and_revisions_grow(broker: Broker) -> None:
     assert e is not None and e.value == b"2" and e.revision == r2 and e.expires_at is None
 
 
-async def test_put_if_absent_creates_once(broker: Broker) -> None:
-    kv = broker.kv
+async def test_put_if_absent_creates_once(kv: KV) -> None:
     r = await kv.put_if_absent("lock", b"me")
     assert r is not None
     assert await kv.put_if_absent("lock", b"you") is None
@@ -30,8 +28,7 @@ async def test_put_if_absent_creates_once(broker: Broker) -> None:
     assert e is not None and e.value == b"me"
 
 
-async def test_ttl_expires_and_frees_the_key(broker: Broker, timing: Timing) -> None:
-    kv = broker.kv
+async def test_ttl_expires_and_frees_the_key(kv: KV, timing: Timing) -> None:
     assert await kv.put_if_absent("lease", b"a", ttl_s=timing.s(10)) is not None
     await timing.advance(9)
     assert await kv.get("lease") is not None
@@ -43,8 +40,7 @@ async def test_ttl_expires_and_frees_the_key(broker: Broker, timing: Timing) -> 
     assert e is not None and e.value == b"b"
 
 
-async def test_compare_and_set(broker: Broker) -> None:
-    kv = broker.kv
+async def test_compare_and_set(kv: KV) -> None:
     assert await kv.compare_and_set("c", b"x", 1) is None  # absent
     r1 = await kv.put("c", b"1")
     r2 = await kv.compare_and_set("c", b"2", r1)
@@ -54,8 +50,7 @@ async def test_compare_and_set(broker: Broker) -> None:
     assert e is not None and e.value == b"2"
 
 
-async def test_revision_never_reused_after_delete(broker: Broker) -> None:
-    kv = broker.kv
+async def test_revision_never_reused_after_delete(kv: KV) -> None:
     r1 = await kv.put("k", b"1")
     assert await kv.delete("k")
     r2 = await kv.put("k", b"1")
@@ -63,8 +58,7 @@ async def test_revision_never_reused_after_delete(broker: Broker) -> None:
     assert await kv.compare_and_set("k", b"2", r1) is None
 
 
-async def test_delete_with_revision(broker: Broker) -> None:
-    kv = broker.kv
+async def test_delete_with_revision(kv: KV) -> None:
     r1 = await kv.put("d", b"1")
     await kv.put("d", b"2")
     assert not await kv.delete("d", revision=r1)
@@ -73,8 +67,7 @@ async def test_delete_with_revision(broker: Broker) -> None:
     assert not await kv.delete("d")
 
 
-async def test_scan_by_prefix_skips_expired(broker: Broker, timing: Timing) -> None:
-    kv = broker.kv
+async def test_scan_by_prefix_skips_expired(kv: KV, timing: Timing) -> None:
     await kv.put("nodes/b", b"2")
     await kv.put("nodes/a", b"1")
     await kv.put("nodes/c", b"3", ttl_s=timing.s(1))
@@ -95,10 +88,9 @@ async def test_scan_by_prefix_skips_expired(broker: Broker, timing: Timing) -> N
     assert [e.key for e in await kv.scan("nodes/a")] == ["nodes/a"]
 
 
-async def test_a_scan_sees_every_live_key_while_they_are_written_again(broker: Broker) -> None:
+async def test_a_scan_sees_every_live_key_while_they_are_written_again(kv: KV) -> None:
     # the heartbeats of several nodes, each rewritten while another node scans them: a scan that
     # missed a key being rewritten made a node think it was alone and take every share (NATS)
-    kv = broker.kv
     keys = [f"beats/{i}" for i in range(4)]
     for k in keys:
         await kv.put(k, b"x" * 200, ttl_s=600)
@@ -119,29 +111,10 @@ async def test_a_scan_sees_every_live_key_while_they_are_written_again(broker: B
     assert not missed, f"{len(missed)} of {len(seen)} scans missed a key, e.g. {missed[0]}"
 
 
-async def test_a_scan_reads_more_keys_than_one_batch(broker: Broker) -> None:
-    kv = broker.kv
+async def test_a_scan_reads_more_keys_than_one_batch(kv: KV) -> None:
     n = 2500  # NATS answers at most 1,024 messages to one batched read
     await asyncio.gather(*(kv.put(f"many/{i:05}", str(i).encode()) for i in range(n)))
     await kv.put("manyX", b"no")
     entries = await kv.scan("many/")
     assert [e.key for e in entries] == [f"many/{i:05}" for i in range(n)]
     assert entries[1234].value == b"1234"
-
-
-async def test_release_without_counting_keeps_the_message_from_its_dlq(
-        broker: Broker, timing: Timing) -> None:
-    # (queue semantics, here beside kv because it came with the same protocol change)
-    from swell.brokers.base import Message, QueueSpec
-
-    await broker.declare_queue(QueueSpec(name="t", max_receives=2,
-                                         visibility_timeout_s=timing.s(5)))
-    await broker.send("t", [Message(body=b"x")])
-    for _ in range(5):  # throttled five times: never dead-lettered, count stays at 1
-        (d,) = await broker.receive("t", 1, wait_s=timing.grace_s)
-        assert d.receive_count == 1
-        assert await broker.release([d.receipt], timing.s(1.0), count=False) == []
-        await timing.advance(1.5)
-    (d,) = await broker.receive("t", 1, wait_s=timing.grace_s)
-    assert d.receive_count == 1
-    assert (await broker.stats("t.dlq")).total == 0

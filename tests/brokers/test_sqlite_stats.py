@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from swell.brokers.base import Message, QueueSpec
-from swell.brokers.sqlite import _STATS, SqliteBroker
+from swell.brokers.sqlite import SqliteBroker
+from swell.brokers.sqlite.queues import STATS
 from swell.core.clock import ManualClock
 
 SPEC = QueueSpec(name="jobs", visibility_timeout_s=10, max_receives=2, dedup_window_s=60)
@@ -99,6 +100,6 @@ async def test_reading_the_stats_scans_no_queue(broker: SqliteBroker, path: str)
     # cost independent of the backlog: only index searches (the rows ahead of now are leased or
     # delayed ones), never a scan of the messages
     with closing(sqlite3.connect(path)) as conn:
-        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {_STATS}",
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {STATS}",
                                                {"q": "jobs", "now": 0.0})]
     assert plan and not [step for step in plan if step.startswith("SCAN")], plan

@@ -56,14 +56,14 @@ async def test_a_claim_on_one_queue_does_not_swallow_anothers_change(
     # on "a" (which reads the file's version) must not make "b" look unchanged.
     consumer, producer = pair
     await consumer.receive("b", 1)  # b looked at: nothing
-    await consumer._watch(frozenset({"a", "b"}))  # and a too
+    await consumer.store.watch(frozenset({"a", "b"}))  # and a too
     await producer.send("b", [Message(body=b"x")])
     assert await consumer.receive("a", 1) == []  # a claim on a, after the send
 
-    changed = await consumer._watch(frozenset({"a", "b"}))
+    changed = await consumer.store.watch(frozenset({"a", "b"}))
     due = changed.get("b")
     assert due is not None and due <= time.time(), changed
-    assert await consumer._watch(frozenset({"a", "b"})) == {}, "b reported again, unchanged"
+    assert await consumer.store.watch(frozenset({"a", "b"})) == {}, "b reported again, unchanged"
 
 
 async def test_an_event_for_the_second_queue_wakes_its_receive_while_the_first_is_claimed(
@@ -178,7 +178,7 @@ async def test_a_cancelled_publisher_does_not_take_the_batchs_wake_up_with_it(
         alone: SqliteBroker) -> None:
     """Publishes that meet share a commit; the first giving up must not leave the rest unwoken."""
     assert await alone.receive("t.s", 10, wait_s=0.2) == []
-    busy = asyncio.ensure_future(alone._run(lambda c: time.sleep(0.1)))  # the connection is busy
+    busy = asyncio.ensure_future(alone.store.run(lambda c: time.sleep(0.1)))  # the connection is busy
     await asyncio.sleep(0.01)
     first = asyncio.ensure_future(alone.publish("t", [Message(body=b"one")]))
     second = asyncio.ensure_future(alone.publish("t", [Message(body=b"two")]))

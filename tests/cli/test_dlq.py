@@ -16,7 +16,7 @@ from swell import App, Event
 from swell.brokers.base import Message
 from swell.brokers.sqlite import SqliteBroker
 from swell.runtime.app import declare
-from swell.runtime.producer import Producer
+from swell.brokers.producer import Producer
 
 pytestmark = pytest.mark.slow
 

@@ -126,7 +126,7 @@ class FailingPut:
 
 
 async def test_a_failure_mid_send_says_exactly_what_was_stored() -> None:
-    from swell.cli import store_in_batches
+    from swell.cli.send import store_in_batches
 
     messages = [Message(body=b"{}", dedup_id=str(i)) for i in range(1200)]
     put = FailingPut(ok=2)
@@ -143,7 +143,7 @@ async def test_a_failure_mid_send_says_exactly_what_was_stored() -> None:
 
 
 async def test_an_interrupted_send_says_what_was_stored(capsys: pytest.CaptureFixture[str]) -> None:
-    from swell.cli import store_in_batches
+    from swell.cli.send import store_in_batches
 
     messages = [Message(body=b"{}", dedup_id=str(i)) for i in range(1200)]
     stored: list[Any] = []

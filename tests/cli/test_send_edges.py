@@ -110,7 +110,7 @@ def test_an_unknown_target_names_queues_topics_and_streams(sqlite_cli: Cli) -> N
 
 
 async def test_a_stream_send_cut_short_says_which_lines_to_send_again() -> None:
-    from swell.cli import store_in_batches
+    from swell.cli.send import store_in_batches
 
     messages = [Message(body=b"{}") for _ in range(1200)]
     calls = 0

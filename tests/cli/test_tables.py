@@ -15,7 +15,7 @@ import pytest
 
 from swell.brokers.base import Message
 from swell.brokers.sqlite import SqliteBroker
-from swell.runtime.producer import Producer
+from swell.brokers.producer import Producer
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from swell import Event, PayloadError
 from swell.brokers.base import Broker
-from swell.runtime.producer import Producer
+from swell.brokers.producer import Producer
 
 WIRE_ORDER = ("specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema",
               "key", "idempotencykey", "correlationid", "traceparent")

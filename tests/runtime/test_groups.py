@@ -90,10 +90,12 @@ async def test_retries_hold_the_partition_and_a_poison_event_is_dead_lettered() 
         await rt.broker.append("s", events(8, 1))
         await until(lambda: len(seen) == 7)
         dlq = await rt.broker.peek("s.g.dlq")
+        m = rt.dispatchers["h"].metrics
     assert seen == [0, 1, 2, 4, 5, 6, 7], "the partition did not wait for the retries"
     assert tries[3] == 3 and tries[5] == 2
     assert len(dlq) == 1 and dlq[0].headers["swell-offset"] == "3"
-    assert "after 3 attempt(s)" in dlq[0].headers["swell-dlq-reason"]
+    assert dlq[0].headers["swell-dlq-reason"] == "failed after 3 attempt(s)"  # as a queue's
+    assert (m.succeeded, m.dead_lettered, m.attempts, m.errors, m.retried) == (7, 1, 11, 4, 3)
 
 
 @given(st.integers(1, 16), st.lists(st.sampled_from("abcdef"), min_size=1, max_size=6, unique=True),

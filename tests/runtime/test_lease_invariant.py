@@ -21,7 +21,7 @@ from swell.brokers.memory import MemoryBroker
 from swell.core.clock import ManualClock
 from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import InlineExecutor
-from swell.runtime.producer import Producer
+from swell.brokers.producer import Producer
 
 LEASE_S = 10.0
 

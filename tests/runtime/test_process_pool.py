@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,9 +19,11 @@ import pytest
 from swell import Event, Producer, QueueSpec, UnknownQueue
 from swell.brokers.base import Delivery, Receipt
 from swell.brokers.memory import MemoryBroker
+from swell.patterns.idempotency import IdempotencyStore
+from swell.runtime.context import Invocation, no_extend
 from swell.runtime.executor import Outcome
 from swell.runtime.loader import load_app
-from swell.runtime.process import ProcessExecutor, ProcessPool, locate, locate_app
+from swell.runtime.process import PoolBackend, ProcessExecutor, ProcessPool, locate, locate_app
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +177,7 @@ async def test_async_handler_extends_through_the_run(make_pool: MakePool) -> Non
         asked.append(seconds)
         return True
 
-    assert (await pool.run(body(n=1), 1, extend=extend)).kind == "ok"
+    assert (await pool.run(body(n=1), 1, backend=PoolBackend(published, extend))).kind == "ok"
     assert (await pool.run(body(n=2), 1)).kind == "ok"  # no extend given: the lease cannot be held
     assert asked == [7.0]
     assert [data["extended"] for _, data, _ in published.calls] == [True, False]
@@ -328,8 +331,9 @@ async def test_the_executor_publishes_to_the_broker_and_reports_changes() -> Non
     assert MODULE == locate(APP.functions["work"]) == "pool_app:app"
     broker = MemoryBroker()
     await broker.declare_queue(QueueSpec(name="seen"))
-    executor = ProcessExecutor(APP.functions["work"], Producer(broker, source="tests"), max_units=2,
-                               min_instances=0)
+    producer = Producer(broker, source="tests")
+    executor = ProcessExecutor(APP.functions["work"], producer, max_units=2, min_instances=0)
+    inv = Invocation(None, producer, no_extend, IdempotencyStore(broker.kv, "work", time.time))
     changes: list[tuple[int, int, int]] = []
     executor.on_change = lambda: changes.append((executor.starting, executor.ready(),
                                                  executor.cold_starts))
@@ -338,7 +342,7 @@ async def test_the_executor_publishes_to_the_broker_and_reports_changes() -> Non
     try:
         await executor.scale_to(1)
         assert changes[0] == (1, 0, 1)
-        outcome = await executor.execute(delivery, {"extend": None})
+        outcome = await executor.execute(delivery, inv)
         assert outcome.kind == "ok"
         (seen,) = await broker.receive("seen", 10)  # the other one is delayed by 1.5 s
         data = Event.from_json(seen.body).data

@@ -14,15 +14,15 @@ from eventually import until
 from swell import App, Retry, Runtime, Throttled
 from swell.brokers.base import Broker, Message
 from swell.brokers.memory import MemoryBroker
-from swell.patterns.replay import Replay
 from swell.runtime.app import declare
-from swell.runtime.producer import Producer
+from swell.brokers.producer import Producer
+from swell.runtime.replay import Replay
 
 RETRY = Retry(backoff=0.001, jitter=False)  # attempts=None
 
 
 def test_attempts_none_is_the_queues_max_receives_and_five_where_there_is_no_queue() -> None:
-    from swell.runtime.retry import DEFAULT_ATTEMPTS
+    from swell.core.retry import DEFAULT_ATTEMPTS
 
     assert Retry().allowed(3) == 3
     assert Retry().allowed(0) == 2**31  # a queue that never dead-letters on its own
@@ -32,7 +32,7 @@ def test_attempts_none_is_the_queues_max_receives_and_five_where_there_is_no_que
 
 
 def test_a_throttle_waits_its_retry_after_and_one_second_without_one() -> None:
-    from swell.runtime.retry import THROTTLE_RETRY_AFTER_S, throttle_delay_s
+    from swell.core.retry import THROTTLE_RETRY_AFTER_S, throttle_delay_s
 
     assert throttle_delay_s(None) == THROTTLE_RETRY_AFTER_S == Throttled().retry_after_s == 1.0
     assert throttle_delay_s(0.0) == 0.0
@@ -120,3 +120,10 @@ async def test_a_throttle_with_retry_after_zero_is_tried_again_at_once_everywher
 
     assert tries == {"n": 3, "ok": 1}
     assert took_s < 1.5  # two throttles, no wait (a wait of 1 s each was the bug)
+
+
+@pytest.mark.parametrize("source", ["queue", "group", "replay"])
+async def test_a_throttle_uses_up_no_attempt_everywhere(source: str) -> None:
+    tries, _ = await _run(source, throttled_until(7))  # six throttles: more than the five attempts
+
+    assert tries == {"n": 7, "ok": 1}

@@ -11,11 +11,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from swell.cli.sim import sim
 from swell.core.config import per_second as parse_rate
 from swell.core.errors import ConfigError
 from swell.scaling.base import Decision
 from swell.scaling.controllers import Fixed
-from swell.scaling.report import markdown, rich_table, sim, write_report
+from swell.scaling.report import markdown, rich_table, write_report
 from swell.scaling.signals import Signals
 from swell.scaling.sim import (
     Shape,

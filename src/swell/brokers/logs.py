@@ -7,9 +7,10 @@ from __future__ import annotations
 import msgspec
 
 from swell.brokers.base import KV, StreamSpec
+from swell.core import keys
 from swell.core.errors import ConfigError
 
-CHECKPOINTS = "swell/groups/"
+CHECKPOINTS = keys.GROUPS
 
 
 def check_partition(spec: StreamSpec, partition: int) -> int:

@@ -6,13 +6,16 @@ import bisect
 import heapq
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from swell.brokers.base import (
+from swell.brokers.logs import check_partition, partition_change
+from swell.brokers.memory_kv import MemoryKV
+from swell.brokers.topics import Router, check_publish, route
+from swell.brokers.types import (
     REASON_MAX_RECEIVES,
     Delivery,
-    KvEntry,
     Message,
     QueueSpec,
     QueueStats,
@@ -28,11 +31,11 @@ from swell.brokers.base import (
     partition_of,
     redrive_headers,
 )
-from swell.brokers.logs import check_partition, partition_change
-from swell.brokers.topics import Router, check_publish, route
 from swell.brokers.waiting import Waker
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import ConfigError, MessageTooLarge, UnknownQueue, UnknownStream, UnknownTopic
+
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -49,12 +52,32 @@ class _Record:
 
 
 @dataclass(slots=True)
+class _Dedup:
+    """The dedup ids seen within their window: id -> when it expires."""
+
+    seen: dict[str, float] = field(default_factory=dict)
+
+    def is_new(self, dedup_id: str | None, now: float, window_s: float) -> bool:
+        """Whether ``dedup_id`` (if any) is new within the window; a new one is recorded."""
+        if dedup_id is None:
+            return True
+        if self.seen.get(dedup_id, -1.0) > now:
+            return False
+        self.seen[dedup_id] = now + window_s
+        return True
+
+    def prune(self, now: float) -> None:
+        if len(self.seen) > 1024:
+            self.seen = {k: t for k, t in self.seen.items() if t > now}
+
+
+@dataclass(slots=True)
 class _Queue:
     spec: QueueSpec
     records: dict[int, _Record] = field(default_factory=dict)
     # (visible_at, id, visible_at-version): stale entries are skipped when popped
     heap: list[tuple[float, int]] = field(default_factory=list)
-    dedup: dict[str, float] = field(default_factory=dict)
+    dedup: _Dedup = field(default_factory=_Dedup)
 
 
 @dataclass(slots=True)
@@ -68,7 +91,7 @@ class _Subscription:
 class _Topic:
     spec: TopicSpec
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
-    dedup: dict[str, float] = field(default_factory=dict)
+    dedup: _Dedup = field(default_factory=_Dedup)
     published: int = 0
 
 
@@ -108,10 +131,7 @@ class MemoryBroker:
                 q.spec = s
 
     def _q(self, name: str) -> _Queue:
-        try:
-            return self._queues[name]
-        except KeyError:
-            raise UnknownQueue(name) from None
+        return _lookup(self._queues, name, UnknownQueue)
 
     async def queue_spec(self, queue: str) -> QueueSpec:
         return self._q(queue).spec
@@ -124,19 +144,15 @@ class MemoryBroker:
         q = self._q(queue)
         check_sizes(q.spec, messages)
         now = self.clock.time()
-        accepted = []
-        for m in messages:
-            if m.dedup_id is not None:
-                if q.dedup.get(m.dedup_id, -1.0) > now:
-                    accepted.append(False)
-                    continue
-                q.dedup[m.dedup_id] = now + q.spec.dedup_window_s
-            self._put(q, m.body, m.headers, now, now + max(m.delay_s, 0.0))
-            accepted.append(True)
-        if len(q.dedup) > 1024:
-            q.dedup = {k: t for k, t in q.dedup.items() if t > now}
+        accepted = [q.dedup.is_new(m.dedup_id, now, q.spec.dedup_window_s) for m in messages]
+        self._put_all(q, [m for m, new in zip(messages, accepted, strict=True) if new], now)
+        q.dedup.prune(now)
         self._waker.notify(queue)
         return accepted
+
+    def _put_all(self, q: _Queue, messages: Sequence[Message], now: float) -> None:
+        for m in messages:
+            self._put(q, m.body, m.headers, now, now + max(m.delay_s, 0.0))
 
     def _put(self, q: _Queue, body: bytes, headers: dict[str, str] | None, enqueued_at: float,
              visible_at: float) -> None:
@@ -295,10 +311,7 @@ class MemoryBroker:
 
     # -- topics ------------------------------------------------------------------------------
     def _topic(self, name: str) -> _Topic:
-        try:
-            return self._topics[name]
-        except KeyError:
-            raise UnknownTopic(name) from None
+        return _lookup(self._topics, name, UnknownTopic)
 
     async def declare_topic(self, spec: TopicSpec) -> None:
         t = self._topics.get(spec.name)
@@ -321,29 +334,21 @@ class MemoryBroker:
         t = self._topic(topic)
         check_publish(t.spec, messages)
         now = self.clock.time()
-        accepted, fresh = [], []
-        for m in messages:
-            is_new = m.dedup_id is None or t.dedup.get(m.dedup_id, -1.0) <= now
-            if m.dedup_id is not None and is_new:
-                t.dedup[m.dedup_id] = now + t.spec.dedup_window_s
-            accepted.append(is_new)
-            if is_new:
-                fresh.append(m)
+        accepted = [t.dedup.is_new(m.dedup_id, now, t.spec.dedup_window_s) for m in messages]
+        fresh = [m for m, new in zip(messages, accepted, strict=True) if new]
         routed = route([s.router for s in t.subscriptions.values()], fresh)
         for r in routed:  # every queue's limits checked before anything is stored
             check_sizes(self._q(r.router.spec.queue.name).spec, r.messages)
         for r in routed:
             q = self._q(r.router.spec.queue.name)
-            for m in r.messages:
-                self._put(q, m.body, m.headers, now, now + max(m.delay_s, 0.0))
+            self._put_all(q, r.messages, now)
             sub = t.subscriptions[r.router.spec.name]
             sub.matched += len(r.messages)
             sub.filtered += r.filtered
             if r.messages:
                 self._waker.notify(q.spec.name)
         t.published += len(fresh)
-        if len(t.dedup) > 1024:
-            t.dedup = {k: at for k, at in t.dedup.items() if at > now}
+        t.dedup.prune(now)
         return accepted
 
     async def topics(self) -> list[TopicInfo]:
@@ -353,10 +358,7 @@ class MemoryBroker:
 
     # -- streams -----------------------------------------------------------------------------
     def _stream(self, name: str) -> _Stream:
-        try:
-            return self._streams[name]
-        except KeyError:
-            raise UnknownStream(name) from None
+        return _lookup(self._streams, name, UnknownStream)
 
     async def declare_stream(self, spec: StreamSpec) -> None:
         s = self._streams.get(spec.name)
@@ -416,50 +418,8 @@ class MemoryBroker:
         self._waker.close()  # a receive still waiting returns what it has: nothing
 
 
-class MemoryKV:
-    """The memory broker's kv store."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self._data: dict[str, KvEntry] = {}
-        self._revisions = itertools.count(1)
-
-    def _live(self, key: str) -> KvEntry | None:
-        e = self._data.get(key)
-        if e is not None and e.expires_at is not None and e.expires_at <= self.clock.time():
-            del self._data[key]
-            return None
-        return e
-
-    def _write(self, key: str, value: bytes, ttl_s: float | None) -> int:
-        rev = next(self._revisions)
-        expires = None if ttl_s is None else self.clock.time() + ttl_s
-        self._data[key] = KvEntry(key=key, value=bytes(value), revision=rev, expires_at=expires)
-        return rev
-
-    async def get(self, key: str) -> KvEntry | None:
-        return self._live(key)
-
-    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> int:
-        return self._write(key, value, ttl_s)
-
-    async def put_if_absent(self, key: str, value: bytes, ttl_s: float | None = None) -> int | None:
-        return None if self._live(key) is not None else self._write(key, value, ttl_s)
-
-    async def compare_and_set(self, key: str, value: bytes, revision: int,
-                              ttl_s: float | None = None) -> int | None:
-        e = self._live(key)
-        if e is None or e.revision != revision:
-            return None
-        return self._write(key, value, ttl_s)
-
-    async def delete(self, key: str, revision: int | None = None) -> bool:
-        e = self._live(key)
-        if e is None or (revision is not None and e.revision != revision):
-            return False
-        del self._data[key]
-        return True
-
-    async def scan(self, prefix: str) -> list[KvEntry]:
-        keys = sorted(k for k in self._data if k.startswith(prefix))
-        return [e for k in keys if (e := self._live(k)) is not None]
+def _lookup(table: dict[str, V], name: str, unknown: Callable[[str], Exception]) -> V:
+    try:
+        return table[name]
+    except KeyError:
+        raise unknown(name) from None

@@ -1,1 +1,2 @@
-"""Observability: metrics the runtime keeps."""
+"""Observability beside the face: Prometheus ``/metrics`` from the snapshots a running Runtime hands
+over (``swell.runtime.status.RuntimeSnapshot``), never from its internals."""

@@ -1,17 +1,22 @@
-"""``/metrics`` for Prometheus: the same signals the controllers see, read at scrape time, so an
-outside autoscaler (KEDA's prometheus or metrics-api scaler) can scale on them too."""
+"""``/metrics`` for Prometheus: the same signals the controllers see, so an outside autoscaler
+(KEDA's prometheus or metrics-api scaler) can scale on them too.
+
+The server runs on a thread of its own and never touches the Runtime: at scrape time it reads the
+latest ``RuntimeSnapshot`` (an immutable value the runtime's loop built) through the function it
+was given."""
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from swell.core.errors import ConfigError
+from swell.runtime.status import RuntimeSnapshot
 
-if TYPE_CHECKING:
-    from swell.runtime.runtime import Runtime
+Latest = Callable[[], RuntimeSnapshot | None]
+"""Where the collector reads the latest snapshot (``None``: none yet)."""
 
 log = logging.getLogger("swell.metrics")
 
@@ -41,16 +46,17 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
 
 
 class SwellCollector:
-    """A prometheus-client collector over a running Runtime."""
+    """A prometheus-client collector over the snapshots of a running Runtime."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, latest: Latest) -> None:
+        self.latest = latest
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         labels = ["app", "function", "queue"]
-        states = list(self.runtime.functions.values())
+        snapshot = self.latest()
+        app, functions = (snapshot.app, snapshot.functions) if snapshot is not None else ("", ())
         desired = GaugeMetricFamily("swell_desired_units", "The controller's decision.",
                                     labels=labels)
         done = CounterMetricFamily("swell_events_succeeded", "Events acked.", labels=labels)
@@ -60,12 +66,12 @@ class SwellCollector:
             (GaugeMetricFamily(f"swell_{n}", h, labels=labels), a) for n, h, a in _GAUGES]
         families += [(CounterMetricFamily(f"swell_{n}", h, labels=labels), a)
                      for n, h, a in _COUNTERS]
-        for st in states:
-            values = [self.runtime.app.name, st.fn.name, st.fn.queue.name]
-            desired.add_metric(values, st.decision.desired)
-            done.add_metric(values, st.dispatcher.metrics.succeeded)
-            dead.add_metric(values, st.dispatcher.metrics.dead_lettered)
-            s = st.signals
+        for fn in functions:
+            values = [app, fn.name, fn.queue]
+            desired.add_metric(values, fn.desired)
+            done.add_metric(values, fn.succeeded)
+            dead.add_metric(values, fn.dead_lettered)
+            s = fn.signals
             if s is None:
                 continue
             for family, attr in families:
@@ -79,8 +85,9 @@ class SwellCollector:
             yield family
 
 
-def serve_metrics(runtime: Runtime, host: str, port: int, *, best_effort: bool = False) -> bool:
-    """Serve ``/metrics`` on ``host:port`` in a background thread.
+def serve_metrics(latest: Latest, host: str, port: int, *, best_effort: bool = False) -> bool:
+    """Serve ``/metrics`` on ``host:port`` in a background thread, from the snapshots ``latest``
+    returns (``runtime.status.Snapshots(runtime).latest``, say).
 
     A port that is taken (or an address that cannot be bound) is a ``ConfigError``: a scraper
     pointed at it would read another process's numbers as this app's. With ``best_effort`` it is
@@ -88,7 +95,7 @@ def serve_metrics(runtime: Runtime, host: str, port: int, *, best_effort: bool =
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(SwellCollector(runtime))
+    registry.register(SwellCollector(latest))
     try:
         start_http_server(port, addr=host, registry=registry)
     except OSError as exc:

@@ -31,13 +31,14 @@ from typing import Any, Literal
 import msgspec
 
 from swell.brokers.base import KV
+from swell.core import keys
 from swell.core.config import Duration, seconds
 from swell.core.errors import IdempotencyConflict, SwellError
 from swell.core.event import Event
 
 log = logging.getLogger("swell.patterns.idempotency")
 
-PREFIX = "swell/idem/"
+PREFIX = keys.IDEMPOTENCY
 MAX_RESULT_BYTES = 64 * 1024
 
 State = Literal["in_progress", "completed"]
@@ -98,7 +99,7 @@ class IdempotencyStore:
 
     def __init__(self, kv: KV, function: str, now: Callable[[], float]) -> None:
         self.kv = kv
-        self.prefix = f"{PREFIX}{function}/"
+        self.prefix = keys.idempotency(function)
         self.now = now
 
     def _key(self, key: str) -> str:

@@ -36,19 +36,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
-from swell.brokers.base import Broker, Message
+from swell.brokers.base import Broker, Message, StreamSpec, TopicSpec
+from swell.brokers.lease import Lease
+from swell.brokers.producer import Declared, Producer, Target
+from swell.core import keys
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.config import Duration, seconds
 from swell.core.errors import AppError, ConfigError, MessageTooLarge, UnknownStream
+from swell.patterns.host import Declarations, Host
 from swell.patterns.sinks import SQLITE, Dialect, check_transaction, dialect, is_async
-from swell.runtime.app import Queue, Stream, Topic
-from swell.runtime.producer import Producer
-
-if TYPE_CHECKING:
-    from swell.runtime.app import App
-    from swell.runtime.runtime import Runtime
 
 __all__ = ["Outbox", "Relay", "relay_once"]
 
@@ -108,7 +106,7 @@ class Outbox:
     ``async with``). Entering and leaving neither commits nor rolls back: the caller's
     transaction does, and the events go with it."""
 
-    def __init__(self, app: App, conn: Any, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, app: Declarations, conn: Any, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.app = app
         self.conn = conn
         self._dialect = dialect(conn)
@@ -121,7 +119,7 @@ class Outbox:
         self._ready = False
         self._closed = False
 
-    def publish(self, target: Queue | Topic | Stream | str, data: Any, *, subject: str | None = None,
+    def publish(self, target: Target, data: Any, *, subject: str | None = None,
                 key: str | None = None, attributes: Mapping[str, Any] | None = None,
                 **attrs: Any) -> str:
         """Write an event for ``target`` (a queue, topic or stream the app declares) into the
@@ -145,7 +143,7 @@ class Outbox:
                  (_INSERT, (event.id, name, body, subject, key, self._clock.time())))
         return event.id
 
-    def _target(self, target: Queue | Topic | Stream | str) -> tuple[str, int]:
+    def _target(self, target: Target) -> tuple[str, int]:
         name = target if isinstance(target, str) else target.name
         declared = _declared(self.app, name)
         if declared is None:
@@ -168,7 +166,7 @@ class Outbox:
         self._closed = True
 
 
-def _declared(app: App, name: str) -> Topic | Stream | Queue | None:
+def _declared(app: Declarations, name: str) -> Declared | None:
     return app.topics.get(name) or app.streams.get(name) or app.queues.get(name)
 
 
@@ -190,7 +188,7 @@ class Relay:
     and made again. ``await relay.once(broker)`` is one pass (tests, scripts); ``run`` is the
     loop ``app.outbox_relay`` registers."""
 
-    def __init__(self, app: App, connect: Callable[[], Any], *, interval: Duration = "100ms",
+    def __init__(self, app: Declarations, connect: Callable[[], Any], *, interval: Duration = "100ms",
                  batch: int = 100, clock: Clock = SYSTEM_CLOCK) -> None:
         if batch < 1:
             raise ConfigError(f"the outbox relay's batch must be at least 1, got {batch}")
@@ -281,8 +279,8 @@ class Relay:
         if kind is None:
             declared = _declared(self.app, target)
             if declared is not None:
-                kind = ("topic" if isinstance(declared, Topic) else
-                        "stream" if isinstance(declared, Stream) else "queue")
+                kind = ("topic" if isinstance(declared.spec, TopicSpec) else
+                        "stream" if isinstance(declared.spec, StreamSpec) else "queue")
             elif await Producer(broker, source="").is_topic(target):
                 kind = "topic"
             else:
@@ -309,11 +307,12 @@ class Relay:
         return await self._db(work)
 
     # -- the loop -----------------------------------------------------------------------------
-    async def run(self, runtime: Runtime) -> None:
+    async def run(self, runtime: Host) -> None:
         """Relay until cancelled: while this relay holds its app's lease, pass after pass
         (at once after a full one, else after ``interval``); after a failure, again after a
         backoff that doubles up to 30 s. Closes its connection when cancelled."""
-        lease = _Lease(runtime.broker, f"swell/outbox/{self.app.name}", runtime.node, self.clock)
+        lease = Lease(runtime.broker.kv, keys.outbox_lease(self.app.name), runtime.node, self.clock,
+                      ttl_s=LEASE_S)
         failures = 0
         try:
             while True:
@@ -361,39 +360,7 @@ class Relay:
         self._pool.shutdown(wait=False)
 
 
-class _Lease:
-    """One relay per app at a time: a kv entry with a TTL, renewed while held."""
-
-    def __init__(self, broker: Broker, key: str, owner: str, clock: Clock) -> None:
-        self.kv = broker.kv
-        self.key = key
-        self.owner = owner.encode()
-        self.clock = clock
-        self.revision: int | None = None
-        self.renewed = 0.0
-
-    async def hold(self) -> bool:
-        now = self.clock.monotonic()
-        if self.revision is not None and now - self.renewed < LEASE_S / 3:
-            return True
-        if self.revision is not None:
-            self.revision = await self.kv.compare_and_set(self.key, self.owner, self.revision,
-                                                          ttl_s=LEASE_S)
-        if self.revision is None:
-            self.revision = await self.kv.put_if_absent(self.key, self.owner, ttl_s=LEASE_S)
-        self.renewed = now
-        return self.revision is not None
-
-    async def release(self) -> None:
-        if self.revision is not None:
-            revision, self.revision = self.revision, None
-            try:
-                await self.kv.delete(self.key, revision)
-            except Exception as exc:  # it runs out on its own
-                log.debug("outbox: could not release the relay's lease: %s", exc)
-
-
-async def relay_once(app: App, broker: Broker, connect: Callable[[], Any], *, batch: int = 100,
+async def relay_once(app: Declarations, broker: Broker, connect: Callable[[], Any], *, batch: int = 100,
                      clock: Clock = SYSTEM_CLOCK) -> int:
     """One relay pass without a Runtime (tests, scripts): up to ``batch`` rows published and
     marked; returns how many. It takes no lease: a relay running beside it may send the same
@@ -405,14 +372,14 @@ async def relay_once(app: App, broker: Broker, connect: Callable[[], Any], *, ba
         relay.close()
 
 
-def relay_service(app: App, connect: Callable[[], Any], *, interval: Duration = "100ms",
-                  batch: int = 100) -> Callable[[Runtime], Coroutine[Any, Any, None]]:
+def relay_service(app: Declarations, connect: Callable[[], Any], *, interval: Duration = "100ms",
+                  batch: int = 100) -> Callable[[Host], Coroutine[Any, Any, None]]:
     """The service ``app.outbox_relay`` adds to ``app.services``."""
     seconds(interval, name="interval")  # a bad one fails at declaration, not in the service
     if batch < 1:
         raise ConfigError(f"the outbox relay's batch must be at least 1, got {batch}")
 
-    async def outbox_relay(runtime: Runtime) -> None:
+    async def outbox_relay(runtime: Host) -> None:
         relay = Relay(app, connect, interval=interval, batch=batch, clock=runtime.clock)
         await relay.run(runtime)
 

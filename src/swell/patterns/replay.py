@@ -10,6 +10,10 @@ handling (partitions run at once: nothing of one event's handling is shared with
 an event done again after a crash publishes nothing new (counted as a duplicate suppressed), as
 long as it comes within the topic's dedup window (``dedup_window``; on NATS the stream's duplicate
 window: a repeat after it publishes copies).
+
+This module plans and drives a replay and keeps its progress; running the handler on a record
+(with the function's retries) is the ``handle`` it is given: ``swell.runtime.replay.Replay`` gives
+the group function's own, through the runtime's executor and settle rules.
 """
 
 from __future__ import annotations
@@ -18,22 +22,20 @@ import asyncio
 import hashlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from swell.brokers.base import Broker, Delivery, Receipt, Record
+from swell.brokers.base import Broker, Record
+from swell.brokers.producer import Producer, Target, target_name
+from swell.core import keys
 from swell.core.config import seconds
-from swell.core.errors import ConfigError, SwellError
-from swell.runtime.app import App, Function
-from swell.runtime.executor import InlineExecutor
-from swell.runtime.producer import Producer, Target, target_name
-from swell.runtime.retry import throttle_delay_s
+from swell.core.errors import ConfigError
 
-PREFIX = "swell/replays/"
+PREFIX = keys.REPLAYS
 _AGO = re.compile(r"\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)")
 READ_BATCH = 200
 
@@ -49,12 +51,17 @@ class SliceResult:
     done: bool = False
 
 
+Handle = Callable[[Record, Producer], Awaitable[bool]]
+"""Run the group's handler on one record, with its retries, publishing through the producer
+given; whether it succeeded in the end."""
+
+
 @dataclass
 class Plan:
     """What a replay covers: its id, slices, and per slice and partition the offsets to do."""
 
     id: str
-    function: Function
+    function: str
     slices: list[SliceResult]
     total: int
     resumed: int = 0
@@ -79,26 +86,20 @@ def _iso(text: str) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
-def find_function(app: App, stream: str, group: str) -> Function:
-    for fn in app.functions.values():
-        if fn.group is not None and fn.group.stream.name == stream and fn.group.name == group:
-            return fn
-    groups = sorted(fn.group.key for fn in app.functions.values() if fn.group is not None)
-    raise ConfigError(f"{app.name!r} has no function on group {group!r} of stream {stream!r}"
-                      f" (it has: {', '.join(groups) or 'no groups'})")
+class RangeReplay:
+    """One replay run of ``function`` (the group's): plan, then run with ``progress`` called per
+    event and ``handle`` per record."""
 
-
-class Replay:
-    """One replay run (``swell replay``): plan, then run with ``progress`` called per event."""
-
-    def __init__(self, app: App, broker: Broker, stream: str, group: str, start: str, end: str,
-                 slice_s: float, concurrency: int, sink: str | None, *, now: float) -> None:
+    def __init__(self, function: str, handle: Handle, broker: Broker, stream: str, group: str,
+                 start: str, end: str, slice_s: float, concurrency: int, sink: str | None, *,
+                 now: float) -> None:
         """``start`` and ``end`` as the user wrote them (see ``parse_time``); the replay's id comes
         from what was written, and the times they meant are kept with its progress, so the same
         command resumes the same range even when it was written relative to now (``2h``)."""
         if slice_s <= 0 or concurrency < 1:
             raise ConfigError("--slice must be positive and --concurrency at least 1")
-        self.fn = find_function(app, stream, group)
+        self.function = function
+        self.handle = handle
         self.broker = broker
         self.stream, self.group = stream, group
         self.start, self.end = parse_time(start, now), parse_time(end, now)
@@ -126,6 +127,11 @@ class Replay:
         await self.broker.kv.put(key, msgspec.json.encode((self.start, self.end)))
         return False
 
+    @property
+    def source(self) -> str:
+        """The CloudEvents source of what the replay publishes."""
+        return f"/swell/replay/{self.id}"
+
     def _key(self, index: int, p: int) -> str:
         return f"{PREFIX}{self.stream}/{self.group}/{self.id}/{index}/{p}"
 
@@ -152,7 +158,7 @@ class Replay:
                 done = await self._progress(s.index, p)
                 if done is not None:
                     resumed += max(0, kept - max(rest, await self._count_from(p, done)))
-        return Plan(self.id, self.fn, slices, total, resumed)
+        return Plan(self.id, self.function, slices, total, resumed)
 
     async def _count_from(self, p: int, offset: int) -> int:
         """Records of partition ``p`` kept at or after ``offset``."""
@@ -169,25 +175,18 @@ class Replay:
 
     async def run(self, plan: Plan, progress: Callable[[int], None]) -> list[SliceResult]:
         gate = asyncio.Semaphore(self.concurrency)
-        executor = InlineExecutor(self.fn, Producer(self.broker, source=f"/swell/replay/{self.id}"),
-                                  max_units=self.partitions)
-        await executor.scale_to(self.partitions)
 
         async def one(s: SliceResult) -> SliceResult:
             async with gate:
                 if not self.stop.is_set():
-                    await asyncio.gather(*(self._partition(executor, s, p, progress)
+                    await asyncio.gather(*(self._partition(s, p, progress)
                                            for p in range(self.partitions)))
                     s.done = not self.stop.is_set()
             return s
 
-        try:
-            return list(await asyncio.gather(*(one(s) for s in plan.slices)))
-        finally:
-            await executor.stop()
+        return list(await asyncio.gather(*(one(s) for s in plan.slices)))
 
-    async def _partition(self, executor: InlineExecutor, s: SliceResult, p: int,
-                         progress: Callable[[int], None]) -> None:
+    async def _partition(self, s: SliceResult, p: int, progress: Callable[[int], None]) -> None:
         done = await self._progress(s.index, p)
         position = done if done is not None else await self._offset_at(p, s.start)
         if position is None:
@@ -201,44 +200,25 @@ class Replay:
                 if self.stop.is_set():
                     return
                 if r.timestamp >= s.start:
-                    ok, dups = await self._handle(executor, r)
+                    # each record gets a producer of its own: partitions run at once, and what
+                    # one record's handling publishes must be named after that record alone
+                    producer = self._producer(r)
+                    ok = await self.handle(r, producer)
                     s.events += 1
                     s.failures += not ok
-                    s.duplicates += dups
+                    if isinstance(producer, SinkProducer):
+                        s.duplicates += producer.duplicates
                     progress(1)
                 position = r.offset + 1
                 await self.broker.kv.put(self._key(s.index, p), msgspec.json.encode(position))
 
-    async def _handle(self, executor: InlineExecutor, r: Record) -> tuple[bool, int]:
-        """Run the handler on one record, with the function's retries; (succeeded, duplicates
-        suppressed). Each record gets a producer of its own: partitions run at once, and what
-        one record's handling publishes must be named after that record alone."""
-        attempts = self.fn.retry.allowed()  # as its consumer group allows
-        dups = 0
-        for attempt in range(1, attempts + 1):
-            d = Delivery(receipt=Receipt(f"replay/{self.id}", r.offset, 0), body=r.body,
-                         headers=r.headers, receive_count=attempt, enqueued_at=r.timestamp,
-                         first_received_at=None)
-            producer = self._producer(r)
-            out = await executor.execute(d, {"deadline": None, "producer": producer,
-                                             "extend": _no_extend})
-            if isinstance(producer, _SinkProducer):
-                dups += producer.duplicates
-            if out.kind == "ok":
-                return True, dups
-            if out.kind in ("invalid", "malformed"):
-                return False, dups
-            await asyncio.sleep(self.fn.retry.delay_s(attempt) if out.kind != "throttled"
-                                else throttle_delay_s(out.retry_after_s))
-        return False, dups
-
     def _producer(self, r: Record) -> Producer:
         if self.sink is None:
-            return Producer(self.broker, source=f"/swell/replay/{self.id}")
-        return _SinkProducer(self.broker, self.sink, self.id, f"{r.partition}:{r.offset}")
+            return Producer(self.broker, source=self.source)
+        return SinkProducer(self.broker, self.sink, self.id, f"{r.partition}:{r.offset}")
 
 
-class _SinkProducer(Producer):
+class SinkProducer(Producer):
     """Sends everything the handling of one record publishes to the staging topic, with dedup
     ids derived from the replay, the record and the publish's order within its handling (a
     retry publishes under the same ids: what its failed attempt stored is not stored again)."""
@@ -266,8 +246,4 @@ class _SinkProducer(Producer):
         return await self.send(target, data, delay_s=delay_s, **attrs)
 
 
-async def _no_extend(seconds: float) -> bool:
-    return True
-
-
-__all__ = ["Replay", "SwellError", "parse_time"]
+__all__ = ["Handle", "Plan", "RangeReplay", "SinkProducer", "SliceResult", "parse_time"]

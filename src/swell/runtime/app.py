@@ -1,141 +1,47 @@
-"""The app: a registry of queues, topics and the functions they wake. Nothing runs until a
-Runtime does (``app.publish`` opens a broker of its own when no Runtime of the app is running)."""
+"""The app: a declaration of queues, topics, streams, the functions they wake, limiters, sagas and
+outbox relays. It holds no broker: a Runtime runs it, a ``swell.Client`` sends from outside
+(``app.publish`` is a thin shim over one, or over the app's running Runtime)."""
 
 from __future__ import annotations
 
 import copy
-import re
+import functools
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from swell.brokers.base import KiB, QueueSpec, StreamSpec, SubscriptionSpec, TopicSpec
-from swell.core.config import MAX_COUNT, Duration, seconds, whole
-from swell.core.errors import AppError, ConfigError
-from swell.core.filters import Pattern, SubjectPattern
+from swell.brokers.base import KiB, QueueSpec, StreamSpec, TopicSpec
+from swell.core.config import Duration, seconds
+from swell.core.errors import AppError
+from swell.core.retry import Retry
 from swell.patterns.idempotency import Idempotency
+from swell.runtime.channels import (
+    MAX_PARTITIONS,
+    Group,
+    Queue,
+    Stream,
+    Subscription,
+    Topic,
+    check_name,
+    derived,
+    message_bytes,
+    whole_count,
+)
+from swell.runtime.client import close_own, producer_for
+from swell.runtime.context import Context
 from swell.runtime.handler import Handler
-from swell.runtime.retry import Retry
 from swell.scaling.base import Controller
 from swell.scaling.limiters import Limiter, RateLimit
 
 if TYPE_CHECKING:
     from swell.brokers.base import Broker
-    from swell.runtime.producer import Producer
     from swell.runtime.runtime import Runtime
+
+__all__ = ["App", "Function", "Group", "Mode", "Queue", "Stream", "Subscription", "Topic", "declare"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 Mode = Literal["inline", "process"]
-
-
-@dataclass(frozen=True, slots=True)
-class Queue:
-    """A declared queue: pass it to ``@app.function`` as a trigger."""
-
-    spec: QueueSpec
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-@dataclass(frozen=True, slots=True)
-class Subscription(Queue):
-    """A subscription to a topic, backed by a queue of its own: pass it to ``@app.function``."""
-
-    subscription: SubscriptionSpec
-
-    @property
-    def topic(self) -> str:
-        return self.subscription.topic
-
-
-class Topic:
-    """A declared topic: ``orders.subscribe("billing", subject="orders.*.created")``."""
-
-    def __init__(self, app: App, spec: TopicSpec) -> None:
-        self.app = app
-        self.spec = spec
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def __repr__(self) -> str:
-        return f"Topic({self.name!r})"
-
-    def subscribe(self, name: str, *, subject: str | None = None,
-                  filter: str | Mapping[str, Any] | None = None,
-                  visibility_timeout: Duration = 30.0, max_receives: int = 5,
-                  dead_letter: str | None = None, dedup_window: Duration = 300.0) -> Subscription:
-        """A subscription: the events published from now on whose routing key matches
-        ``subject`` (``*`` one token, ``>`` the rest, as in NATS) and whose content matches
-        ``filter`` (an EventBridge-style event pattern, as JSON or as a dict) go into its own
-        queue, ``<topic>.<name>``, with its own retries, dead-letter queue and scaling. An invalid
-        pattern raises ``PatternError`` here."""
-        check_name("subscription", name, dots=False)
-        _derived(f"{self.name}.{name}", f"the queue of subscription {name!r}")
-        queue = self.app.queue(f"{self.name}.{name}", visibility_timeout=visibility_timeout,
-                               max_receives=max_receives, dead_letter=dead_letter,
-                               max_message_bytes=self.spec.max_message_bytes,
-                               dedup_window=dedup_window, _subscription=True)
-        spec = SubscriptionSpec(
-            topic=self.name, name=name, queue=queue.spec,
-            subject=None if subject is None else SubjectPattern.parse(subject).text,
-            filter=None if filter is None else Pattern.parse(filter).json)
-        sub = Subscription(queue.spec, spec)
-        existing = self.app.subscriptions.get(queue.name)
-        if existing is not None and existing != sub:
-            raise AppError(f"subscription {name!r} of topic {self.name!r} is declared twice with "
-                           "different settings")
-        self.app.subscriptions[queue.name] = sub
-        self.app.queues[queue.name] = sub
-        return sub
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """A consumer group of a stream: pass it to ``@app.function``. Each partition is worked by
-    one instance at a time, in order; offsets are committed every ``checkpoint_every`` events or
-    ``checkpoint_interval`` seconds, whichever comes first; an event that keeps failing goes to
-    the group's dead-letter queue (``dead_letter``) and the partition moves on."""
-
-    stream: StreamSpec
-    name: str
-    checkpoint_every: int
-    checkpoint_interval_s: float
-    dead_letter: QueueSpec
-
-    @property
-    def key(self) -> str:
-        return f"{self.stream.name}/{self.name}"
-
-
-class Stream:
-    """A declared stream: ``app.stream("clicks", partitions=8)``; ``clicks.group("analytics")``."""
-
-    def __init__(self, app: App, spec: StreamSpec) -> None:
-        self.app = app
-        self.spec = spec
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def __repr__(self) -> str:
-        return f"Stream({self.name!r}, partitions={self.spec.partitions})"
-
-    def group(self, name: str, *, checkpoint_every: int = 100,
-              checkpoint_interval: Duration = 1.0) -> Group:
-        check_name("group", name, dots=False)
-        _whole(checkpoint_every, f"group {name!r}: checkpoint_every", low=1)
-        dlq_name = _derived(f"{self.name}.{name}.dlq", f"the dead-letter queue of group {name!r}")
-        dlq = QueueSpec(name=dlq_name, max_receives=0, is_dead_letter=True,
-                        max_message_bytes=self.spec.max_message_bytes + 16 * KiB)
-        self.app.queues.setdefault(dlq.name, Queue(dlq))
-        return Group(self.spec, name, checkpoint_every,
-                     seconds(checkpoint_interval, name="checkpoint_interval"), dlq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +95,6 @@ class App:
         self.services: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
         """Background work that runs beside the functions while a Runtime runs (the outbox
         relay, for one): each is started with the Runtime and cancelled when it stops."""
-        self._producer: Producer | None = None  # a running Runtime's, else app.publish's own
-        self._own: Broker | None = None
 
     def limiter(self, name: str, *, rate: str | float | None = None, burst: int | None = None,
                 concurrency: int | None = None) -> Limiter:
@@ -199,7 +103,7 @@ class App:
         if rate is None and concurrency is None:
             raise AppError(f"limiter {name!r} needs a rate, a concurrency or both")
         if concurrency is not None:
-            _whole(concurrency, f"limiter {name!r}: concurrency", low=1)
+            whole_count(concurrency, f"limiter {name!r}: concurrency", low=1)
         lim = Limiter(name, None if rate is None else RateLimit(rate, burst), concurrency)
         if self.limiters.get(name, lim) != lim:
             raise AppError(f"limiter {name!r} is declared twice with different settings")
@@ -216,9 +120,20 @@ class App:
         function ``saga.<name>`` that this declares (see ``swell.patterns.sagas.Saga``)."""
         from swell.patterns.sagas.saga import Saga
 
-        return Saga(self, name, step_timeout=step_timeout, retry=retry,
-                    compensation_retry=compensation_retry, visibility_timeout=visibility_timeout,
-                    concurrency=concurrency, retention=retention)
+        saga = Saga(name, connect=functools.partial(producer_for, self), step_timeout=step_timeout,
+                    retry=retry, compensation_retry=compensation_retry, retention=retention)
+        if saga.queue_name in self.functions:
+            raise AppError(f"saga {name!r} is declared twice")
+        # max_receives=0: crashes bring a message back any number of times; a saga is never
+        # dead-lettered (its log says when it is stuck), and its runner's own errors retry
+        queue = self.queue(saga.queue_name, visibility_timeout=visibility_timeout, max_receives=0)
+
+        async def run(message: dict[str, Any], ctx: Context) -> None:
+            await saga.run(message, ctx, producer=ctx.producer, wake=ctx.event.id)
+
+        self.function(queue, concurrency=concurrency, name=saga.queue_name,
+                      retry=Retry(backoff=0.5, max_backoff=30.0))(run)
+        return saga
 
     def topic(self, name: str, *, retention: Duration = "1d", max_message_bytes: int = 256 * KiB,
               dedup_window: Duration = 300.0) -> Topic:
@@ -229,7 +144,7 @@ class App:
         what = f"topic {name!r}"
         spec = TopicSpec(name=name,
                          retention_s=seconds(retention, name=f"{what}: retention", positive=True),
-                         max_message_bytes=_message_bytes(what, max_message_bytes),
+                         max_message_bytes=message_bytes(what, max_message_bytes),
                          dedup_window_s=seconds(dedup_window, name=f"{what}: dedup_window"))
         existing = self.topics.get(name)
         if existing is not None:
@@ -247,10 +162,10 @@ class App:
         self._check_free(name, "stream")
         what = f"stream {name!r}"
         spec = StreamSpec(name=name,
-                          partitions=_whole(partitions, f"{what}: partitions", low=1,
+                          partitions=whole_count(partitions, f"{what}: partitions", low=1,
                                             high=MAX_PARTITIONS),
                           retention_s=seconds(retention, name=f"{what}: retention", positive=True),
-                          max_message_bytes=_message_bytes(what, max_message_bytes))
+                          max_message_bytes=message_bytes(what, max_message_bytes))
         existing = self.streams.get(name)
         if existing is not None:
             if existing.spec != spec:
@@ -270,7 +185,7 @@ class App:
         the running Runtime of this app, or else through a broker of the app's own (``broker``,
         else ``SWELL_BROKER`` or the embedded default), on which everything the app declares is
         declared first. Returns the event's id. ``await app.close()`` closes that broker."""
-        producer = self._producer or await self._open(broker)
+        producer = await producer_for(self, broker)
         return await producer.publish(target, data, subject=subject, key=key,
                                       attributes=attributes, **attrs)
 
@@ -295,26 +210,9 @@ class App:
 
         self.services.append(relay_service(self, connect, interval=interval, batch=batch))
 
-    async def _open(self, url: str | None) -> Producer:
-        from swell.brokers.url import open_broker
-        from swell.runtime.producer import Producer
-
-        broker = open_broker(url)
-        try:
-            await declare(self, broker)
-        except BaseException:
-            await broker.close()
-            raise
-        self._own = broker
-        self._producer = Producer(broker, source=f"/swell/{self.name}", topics=set(self.topics),
-                                  streams=set(self.streams))
-        return self._producer
-
     async def close(self) -> None:
         """Close the broker ``publish`` opened (a running Runtime's is left to it)."""
-        if self._own is not None:
-            own, self._own, self._producer = self._own, None, None
-            await own.close()
+        await close_own(self)
 
     def queue(self, name: str, *, visibility_timeout: Duration = 30.0, max_receives: int = 5,
               dead_letter: str | None = None, max_message_bytes: int = 256 * KiB,
@@ -329,14 +227,14 @@ class App:
         if dead_letter is not None:
             check_name("dead-letter queue", dead_letter)
         else:
-            _derived(f"{name}.dlq", f"the dead-letter queue of {what}")
+            derived(f"{name}.dlq", f"the dead-letter queue of {what}")
         spec = QueueSpec(name=name,
                          visibility_timeout_s=seconds(visibility_timeout,
                                                       name=f"{what}: visibility_timeout",
                                                       positive=True),
-                         max_receives=_whole(max_receives, f"{what}: max_receives"),
+                         max_receives=whole_count(max_receives, f"{what}: max_receives"),
                          dead_letter=dead_letter,
-                         max_message_bytes=_message_bytes(what, max_message_bytes),
+                         max_message_bytes=message_bytes(what, max_message_bytes),
                          dedup_window_s=seconds(dedup_window, name=f"{what}: dedup_window"))
         existing = self.queues.get(name)
         if existing is not None and existing.spec != spec:
@@ -372,7 +270,7 @@ class App:
         controller = _controller(concurrency)
         if mode not in ("inline", "process"):
             raise AppError(f"mode must be 'inline' or 'process', not {mode!r}")
-        _whole(min_instances, "min_instances", high=controller.max_units)
+        whole_count(min_instances, "min_instances", high=controller.max_units)
         timeout_s = None if timeout is None else seconds(timeout, name="timeout", positive=True)
         limit = RateLimit(rate_limit) if isinstance(rate_limit, str) else rate_limit
         names = tuple(lim.name if isinstance(lim, Limiter) else lim for lim in limiters)
@@ -426,57 +324,6 @@ class App:
         if trigger in self.queues:
             return self.queues[trigger]
         raise AppError(f"unknown queue {trigger!r}: declare it first with app.queue({trigger!r})")
-
-
-MAX_NAME = 80
-"""The longest name of a queue, topic, stream or group, and of a queue swell names after them
-(``<queue>.dlq``, ``<topic>.<subscription>``, ``<stream>.<group>.dlq``): what every backend can
-take (a NATS stream's name holds it, escaped, within the server's 255 characters)."""
-MAX_PARTITIONS = 4096
-MAX_MESSAGE_BYTES = 64 * 1024 * KiB
-"""The largest ``max_message_bytes`` (64 MiB, the most a NATS server can be set to carry)."""
-_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def check_name(kind: str, name: object, *, dots: bool = True) -> str:
-    """``name`` if it follows the one naming rule of every backend: 1 to 80 characters, letters,
-    digits, ``_`` and ``-`` (in segments joined by ``.``, unless ``dots`` is false); else an
-    ``AppError`` that quotes the name (shortened)."""
-    if not isinstance(name, str):
-        raise AppError(f"a {kind} name must be a string, not {type(name).__name__}")
-    if len(name) <= MAX_NAME and (_NAME if dots else _SEGMENT).fullmatch(name):
-        return name
-    rule = ("letters, digits, '_' and '-', in segments joined by '.' (like orders.eu)" if dots
-            else "letters, digits, '_' and '-' (no '.')")
-    raise AppError(f"bad {kind} name {shorten(name)}: a name is 1 to {MAX_NAME} characters: {rule}; "
-                   "the same rule holds on every backend")
-
-
-def shorten(name: str, keep: int = 40) -> str:
-    """``repr(name)``, cut to ``keep`` characters and its length said when it is longer."""
-    if len(name) <= keep:
-        return repr(name)
-    return f"{name[:keep]!r}... ({len(name):,} characters)"
-
-
-def _derived(name: str, what: str) -> str:
-    """A queue name swell derives (``<queue>.dlq``...), within the length every backend takes."""
-    if len(name) > MAX_NAME:
-        raise AppError(f"{what} would be {shorten(name)}, over the {MAX_NAME} characters a name "
-                       "may have: choose a shorter name")
-    return name
-
-
-def _whole(value: object, what: str, *, low: int = 0, high: int = MAX_COUNT) -> int:
-    try:
-        return whole(value, name=what, low=low, high=high)
-    except ConfigError as exc:
-        raise AppError(str(exc)) from None
-
-
-def _message_bytes(what: str, value: object) -> int:
-    return _whole(value, f"{what}: max_message_bytes", low=1, high=MAX_MESSAGE_BYTES)
 
 
 async def declare(app: App, broker: Broker) -> None:

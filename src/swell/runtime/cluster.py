@@ -24,13 +24,16 @@ import os
 import socket
 import uuid
 import zlib
+from typing import Any
 
 import msgspec
 
+from swell.core import keys
+from swell.scaling.hotkeys import HotKey
 from swell.scaling.signals import Observation
 
-NODES_PREFIX = "swell/nodes/"
-STATUS_PREFIX = "swell/status/"
+#: where heartbeats and status records live (see ``swell.core.keys``)
+NODES_PREFIX, STATUS_PREFIX = keys.NODES, keys.STATUS
 #: service times a node publishes per tick (a sample is enough for percentiles)
 MAX_PUBLISHED_TIMES = 64
 
@@ -55,6 +58,44 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     functions: dict[str, int]
     """This node's share (units) of each function."""
     in_flight: int
+
+
+class FunctionStatus(msgspec.Struct, kw_only=True):
+    """A function on one node, kept in the kv store: what ``swell status`` shows, and what the
+    other nodes merge into their global readings (``obs``, this node's own)."""
+
+    app: str
+    function: str
+    node: str
+    queue: str
+    mode: str
+    controller: str
+    desired: int
+    """The decision for the function on all nodes together (the leader's)."""
+    share: int
+    """This node's part of ``desired``."""
+    nodes: int
+    leader: str
+    decided_at: float
+    """When the leader made the decision (its wall clock): nodes that show the same have applied
+    the same decision."""
+    reason: str
+    signals: dict[str, Any]
+    """The global signals the decision was made on."""
+    obs: Observation
+    group: str | None = None
+    """``stream/group`` for a function on a consumer group."""
+    partitions: list[int] = []
+    """A group's partitions this node works."""
+    lags: list[int] = []
+    """A group's lag per partition."""
+    hot_keys: list[HotKey] = []
+    members: list[str] = []
+    """The nodes ``desired`` is split over, in rank order: the leader's view of who is live, which
+    every node follows (one not yet in it takes no share until the leader counts it)."""
+    succeeded: int
+    dead_lettered: int
+    at: float
 
 
 def _offset(nodes: int, salt: str) -> int:

@@ -1,9 +1,9 @@
 """One Dispatcher per function: lease batches, run up to the controller's limit at once, settle.
 
-Settling, by the executor's ``Outcome``: ok → ack (acks are batched while the previous batch is
-being stored); failed, timed out or crashed → release with backoff while attempts remain, else
-dead-letter with the reason; throttled → back with the downstream's retry-after, not counted as an
-attempt; invalid or malformed → dead-letter at once. Long handlers keep their lease alive.
+Settling follows the rules of ``swell.runtime.settle`` (ack, retry with backoff, throttle, dead-letter
+with the reason): an ack is batched while the previous batch is being stored; a retry or a throttle
+releases the event with its delay (a throttle's release is not counted as a receive); a dead letter
+goes through the broker. Long handlers keep their lease alive.
 
 **The lease invariant.** Every leased event is started, or released to its queue, within one
 visibility timeout, and at once when the node's limit no longer covers it:
@@ -32,22 +32,21 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
 from swell.brokers.base import Broker, Delivery, QueueSpec, Receipt
+from swell.brokers.producer import Producer
 from swell.core.clock import Clock
 from swell.core.errors import SwellError
-from swell.observe.metrics import FunctionMetrics
+from swell.core.outcome import Outcome
 from swell.patterns.idempotency import IdempotencyStore
 from swell.runtime.app import Function
-from swell.runtime.executor import Executor, Outcome, once
-from swell.runtime.producer import Producer
-from swell.runtime.retry import throttle_delay_s
+from swell.runtime.context import BLOCK_LEASE_S, Invocation
+from swell.runtime.executor import Executor, once
+from swell.runtime.metrics import FunctionMetrics
+from swell.runtime.settle import Settle
 from swell.scaling.limiters import SharedLimiter, TokenBucket
 from swell.scaling.signals import Observation
 
 log = logging.getLogger("swell.dispatcher")
 
-REASON_INVALID = "invalid payload"
-REASON_MALFORMED = "malformed event"
-REASON_FAILED = "failed"
 RECEIVE_WAIT_S = 5.0
 # the most to lease at once: a backlog drained about 30 % faster at 500 than at 100 (fewer trips
 # to the broker) and no slower than at 1,000; at 1,000 events/s a receive gets one or two anyway
@@ -75,7 +74,7 @@ class Dispatcher:
         self.activator = True
         """At a limit of zero, whether to wait for an event and activate: yes while the function
         is at zero on every node; no on a node whose share is zero while others work."""
-        self._attempts = fn.retry.allowed(spec.max_receives)
+        self._rules = Settle(fn.retry, fn.retry.allowed(spec.max_receives), self.metrics)
         self._lease_s = spec.visibility_timeout_s
         self._queue = spec.name
         self._bucket = bucket
@@ -83,6 +82,7 @@ class Dispatcher:
         self._idem = fn.idempotency
         self._store = None if fn.idempotency is None else IdempotencyStore(
             broker.kv, fn.name, clock.time)
+        self._blocks = self._store or IdempotencyStore(broker.kv, fn.name, clock.time)
         self._on_activate = on_activate
         # leased, not yet started, each with when its lease ends (monotonic); never renewed
         self._buffer: deque[tuple[Delivery, float]] = deque()
@@ -347,11 +347,10 @@ class Dispatcher:
         """The executor's call for ``d``; its deadline starts now, once the gates have opened."""
         timeout = self.fn.timeout_s
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        extras: dict[str, Any] = {"deadline": deadline, "producer": self.producer,
-                                  "extend": lambda s: self._extend(d.receipt, s)}
-        if self._store is not None:
-            extras["idempotency"] = (self._store, self._lease_s, state if state is not None else {})
-        return self.executor.execute(d, extras)
+        receipt = d.receipt
+        inv = Invocation(deadline, self.producer, lambda s: self._extend(receipt, s), self._blocks,
+                         self._lease_s if state is not None else BLOCK_LEASE_S, state)
+        return self.executor.execute(d, inv)
 
     async def _once(self, d: Delivery) -> Outcome:
         """``_execute`` under the function's idempotency key (see ``swell.patterns.idempotency``)."""
@@ -360,52 +359,26 @@ class Dispatcher:
                           lambda state: self._execute(d, state))
 
     async def _settle(self, d: Delivery, out: Outcome) -> None:
-        m = self.metrics
-        kind = out.kind
-        if kind in ("invalid", "malformed"):
-            reason = REASON_INVALID if kind == "invalid" else REASON_MALFORMED
-            await self._dead_letter(d, reason, out.error or kind)
-            return
-        if kind == "duplicate":  # its key was done before: acked, not run
-            m.duplicates += 1
-            m.succeeded += 1
+        """Act on ``out`` by the rules of ``swell.runtime.settle``."""
+        action = self._rules(out, d.receive_count)
+        kind = action.kind
+        if kind == "ack":
             self._acks.append(d.receipt)
             self._acks_ready.set()
             return
-        m.attempts += 1
-        if kind == "throttled":
-            m.throttles += 1
-            with suppress(SwellError):
-                await self.broker.release([d.receipt], throttle_delay_s(out.retry_after_s),
-                                          count=False)
+        if kind == "dead_letter":
+            log.warning("%s: event dead-lettered (%s): %s", self.fn.name, action.reason,
+                        action.error)
+            try:
+                await self.broker.dead_letter(d.receipt, action.reason, action.error)
+            except SwellError as exc:  # the lease expires and the broker's max_receives takes over
+                log.error("%s: could not dead-letter: %s", self.fn.name, exc)
             return
-        if kind != "crashed":
-            m.service(out.service_s)
-        if kind == "ok":
-            m.succeeded += 1
-            self._acks.append(d.receipt)
-            self._acks_ready.set()
-            return
-        m.errors += 1
-        await self._failed(d, out.error or kind)
-
-    async def _failed(self, d: Delivery, error: str) -> None:
-        attempt = d.receive_count
-        if attempt >= self._attempts:
-            await self._dead_letter(d, f"{REASON_FAILED} after {attempt} attempt(s)", error)
-            return
-        self.metrics.retried += 1
-        log.info("%s: attempt %d failed (%s); retrying", self.fn.name, attempt, error)
-        with suppress(SwellError):
-            await self.broker.release([d.receipt], self.fn.retry.delay_s(attempt))
-
-    async def _dead_letter(self, d: Delivery, reason: str, error: str) -> None:
-        self.metrics.dead_lettered += 1
-        log.warning("%s: event dead-lettered (%s): %s", self.fn.name, reason, error)
-        try:
-            await self.broker.dead_letter(d.receipt, reason, error)
-        except SwellError as exc:  # the lease expires and the broker's max_receives takes over
-            log.error("%s: could not dead-letter: %s", self.fn.name, exc)
+        if kind == "retry":
+            log.info("%s: attempt %d failed (%s); retrying", self.fn.name, d.receive_count,
+                     action.error)
+        with suppress(SwellError):  # a throttle is not a receive: it does not count
+            await self.broker.release([d.receipt], action.delay_s, count=kind == "retry")
 
     # -- acks ----------------------------------------------------------------------------------
     async def _ack_loop(self) -> None:

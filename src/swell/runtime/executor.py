@@ -9,53 +9,31 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from types import CoroutineType
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import msgspec
 import pydantic
 
 from swell.brokers.base import Delivery
-from swell.core.errors import IdempotencyConflict, PayloadError, SwellError, Throttled
+from swell.brokers.producer import Producer
+from swell.core.describe import describe, describe_validation
+from swell.core.errors import IdempotencyConflict, PayloadError, SwellError
 from swell.core.event import Event
+from swell.core.outcome import Kind, Outcome, outcome_of
 from swell.patterns.idempotency import Busy, Done, Idempotency, IdempotencyStore, fingerprint
 from swell.runtime.app import Function
-from swell.runtime.context import Context, SyncContext
-from swell.runtime.producer import Producer
+from swell.runtime.context import ContextBase, Invocation, LocalBackend
 
 log = logging.getLogger("swell.executor")
 
-Kind = Literal["ok", "failed", "invalid", "malformed", "throttled", "timeout", "crashed", "duplicate"]
+__all__ = ["Executor", "InlineExecutor", "Invocation", "Kind", "NotRun", "Outcome", "bind",
+           "check_result", "describe", "describe_validation", "log_failure", "once", "outcome_of"]
 
 
-class Outcome(msgspec.Struct, frozen=True):
-    """How one attempt went. ``service_s`` is the handler's own time. (A Struct, not a frozen
-    dataclass: one is made per event, and a Struct is several times quicker to make.)"""
-
-    kind: Kind
-    error: str | None = None
-    retry_after_s: float | None = None
-    service_s: float = 0.0
-    result: Any = None
-    """What the handler returned (inline handlers), kept for an idempotency key."""
-
-
-def describe(exc: BaseException) -> str:
-    """An exception on one line (or a few, for chained messages): type and message."""
-    return "".join(traceback.format_exception_only(exc)).strip()
-
-
-def describe_validation(exc: pydantic.ValidationError) -> str:
-    """A validation error on one line per field, without pydantic's documentation links."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
-                     for e in exc.errors(include_url=False))
-
-
-def bind(fn: Function, body: bytes, context: Callable[[Event[Any]], Context]
+def bind(fn: Function, body: bytes, context: Callable[[Event[Any]], ContextBase]
          ) -> tuple[Event[Any], dict[str, Any]] | Outcome:
     """Decode and validate an event for ``fn``: its call arguments, or the outcome that ends it.
     Whatever goes wrong here is the event's fault, never the runtime's: anything raised while
@@ -100,26 +78,12 @@ def _call_sync(fn: Function, kwargs: dict[str, Any]) -> Any:
     return check_result(fn, fn.handler.fn(**kwargs))
 
 
-def _no_context(event: Event[Any]) -> Context:
+def _no_context(event: Event[Any]) -> ContextBase:
     raise AssertionError("a Context made for a handler that takes none")
 
 
 async def _given(value: Any) -> Any:
     return value
-
-
-def outcome_of(exc: BaseException, timeout_s: float | None, timed_out: bool, service_s: float
-               ) -> Outcome:
-    """The outcome of a handler that raised. ``SystemExit`` and ``KeyboardInterrupt`` out of a
-    handler are its own failure, not a request to stop the runtime."""
-    if isinstance(exc, Throttled):
-        return Outcome("throttled", describe(exc), exc.retry_after_s, service_s)
-    if timed_out:
-        return Outcome("timeout", f"timed out after {timeout_s:g}s", None, service_s)
-    error = describe(exc)
-    if isinstance(exc, SystemExit | KeyboardInterrupt):
-        error += " (raised by the handler)"
-    return Outcome("failed", error, None, service_s)
 
 
 def log_failure(fn: str, event_id: str, attempt: int, exc: BaseException | str) -> None:
@@ -194,7 +158,7 @@ class Executor(Protocol):
 
     async def scale_to(self, units: int) -> None: ...
 
-    async def execute(self, d: Delivery, extras: dict[str, Any]) -> Outcome: ...
+    async def execute(self, d: Delivery, inv: Invocation) -> Outcome: ...
 
     async def stop(self) -> None: ...
 
@@ -212,7 +176,6 @@ class InlineExecutor:
         self._units = 0
         self._threads = None if fn.handler.is_async else ThreadPoolExecutor(
             max_units, thread_name_prefix=f"swell-{fn.name}")
-        self._context = Context if fn.handler.is_async else SyncContext
         self._stuck = 0  # threads still running handlers that timed out
 
     def ready(self) -> int:
@@ -225,20 +188,19 @@ class InlineExecutor:
     async def scale_to(self, units: int) -> None:
         self._units = units
 
-    def _make_context(self, d: Delivery, extras: dict[str, Any], event: Event[Any]) -> Context:
-        return self._context(event=event, delivery=d, function=self.fn.name, **extras)
-
-    async def execute(self, d: Delivery, extras: dict[str, Any]) -> Outcome:
-        # (a Context, and so its maker, only for a handler that takes one)
-        make = _no_context if self.fn.handler.context is None else partial(self._make_context, d,
-                                                                             extras)
+    async def execute(self, d: Delivery, inv: Invocation) -> Outcome:
+        loop = asyncio.get_running_loop()
+        deadline = inv.deadline
+        handler = self.fn.handler
+        # (a Context, and so its backend, only for a handler that takes one)
+        make = _no_context if handler.context is None else partial(
+            LocalBackend(inv, self.fn.name, d.receive_count, loop).context,
+            deadline=deadline, is_async=handler.is_async)
         bound = bind(self.fn, d.body, make)
         if isinstance(bound, Outcome):
             return bound
         event, kwargs = bound
-        loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = extras.get("deadline")
         thread = None
         try:
             if self._threads is None:

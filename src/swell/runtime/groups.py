@@ -14,9 +14,10 @@ when the old one's expires, if that node died) and starts from the committed off
 committed every ``checkpoint_every`` events or ``checkpoint_interval`` seconds, so after a crash
 the group repeats at most what came after its last checkpoint, and never skips anything.
 
-Retries hold the partition (order per key is kept); an event that fails every attempt goes to the
-group's dead-letter queue and the partition moves on. The function's units bound how many
-partitions this node works at once; its controller sees the group's lag as its backlog.
+Retries hold the partition (order per key is kept; the rules are those of ``swell.runtime.settle``);
+an event that fails every attempt goes to the group's dead-letter queue and the partition moves on.
+The function's units bound how many partitions this node works at once; its controller sees the
+group's lag as its backlog.
 """
 
 from __future__ import annotations
@@ -40,15 +41,19 @@ from swell.brokers.base import (
     Record,
     dead_letter_headers,
 )
+from swell.brokers.lease import Lease
 from swell.brokers.logs import commit, committed
+from swell.brokers.producer import Producer
+from swell.core import keys
 from swell.core.clock import Clock
 from swell.core.errors import SwellError
-from swell.observe.metrics import FunctionMetrics
+from swell.core.outcome import Outcome
 from swell.patterns.idempotency import IdempotencyStore
 from swell.runtime.app import Function, Group
-from swell.runtime.executor import Executor, Outcome, once
-from swell.runtime.producer import Producer
-from swell.runtime.retry import throttle_delay_s
+from swell.runtime.context import BLOCK_LEASE_S, Invocation, no_extend
+from swell.runtime.executor import Executor, once
+from swell.runtime.metrics import FunctionMetrics
+from swell.runtime.settle import Settle
 from swell.scaling.hotkeys import HotKey, HotKeys
 from swell.scaling.signals import Observation
 
@@ -60,9 +65,6 @@ JOIN_AFTER_S = 1.0
 READ_BATCH = 100
 POLL_MIN_S = 0.005
 POLL_MAX_S = 0.2
-REASON_FAILED = "handler failed"
-REASON_INVALID = "invalid payload"
-REASON_MALFORMED = "malformed event"
 
 
 class Assignment(msgspec.Struct):
@@ -138,7 +140,7 @@ class _Units:
 class _Partition:
     p: int
     position: int
-    revision: int
+    lease: Lease
     held_until: float
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     lost: bool = False
@@ -168,11 +170,12 @@ class GroupDispatcher:
         self._units = _Units()
         self._owned: dict[int, _Partition] = {}
         self._seen: dict[str, float] = {}
-        self._prefix = f"swell/groups/{self.group.key}/"
-        self._attempts = fn.retry.allowed()  # no queue's max_receives here
+        self._prefix = keys.group(self.group.stream.name, self.group.name)
+        self._rules = Settle(fn.retry, fn.retry.allowed(), self.metrics)  # no queue's max_receives
         self._idem = fn.idempotency
         self._store = None if fn.idempotency is None else IdempotencyStore(
             broker.kv, fn.name, clock.time)
+        self._blocks = self._store or IdempotencyStore(broker.kv, fn.name, clock.time)
         self._stopping = False
 
     # -- what the runtime calls ----------------------------------------------------------------
@@ -288,15 +291,14 @@ class GroupDispatcher:
         if self._stopping:
             return
         try:
-            rev = await self.broker.kv.put_if_absent(self._lease_key(p), self.node.encode(),
-                                                     ttl_s=LEASE_S)
-            if rev is None:
+            lease = Lease(self.broker.kv, self._lease_key(p), self.node, self.clock, ttl_s=LEASE_S)
+            if not await lease.take():
                 return  # still held: the old owner is handing over (or died; its lease will end)
             done = await committed(self.broker.kv, self.group.stream.name, self.group.name)
         except SwellError as exc:
             log.warning("%s: could not take partition %d: %s", self.fn.name, p, exc)
             return
-        part = _Partition(p, done.get(p, 0), rev, self.clock.monotonic() + LEASE_S - LEASE_MARGIN_S,
+        part = _Partition(p, done.get(p, 0), lease, self.clock.monotonic() + LEASE_S - LEASE_MARGIN_S,
                           committed_at=self.clock.monotonic())
         self._owned[p] = part
         part.task = asyncio.create_task(self._work(part), name=f"{self.fn.name}:p{p}")
@@ -307,16 +309,14 @@ class GroupDispatcher:
             if part.stop.is_set():
                 continue
             try:
-                rev = await self.broker.kv.compare_and_set(
-                    self._lease_key(part.p), self.node.encode(), part.revision, ttl_s=LEASE_S)
+                renewed = await part.lease.renew()
             except SwellError:
                 continue  # not renewed: the worker stops when its time runs out
-            if rev is None:
+            if not renewed:
                 log.warning("%s: lost partition %d", self.fn.name, part.p)
                 part.lost = True
                 part.stop.set()
             else:
-                part.revision = rev
                 part.held_until = self.clock.monotonic() + LEASE_S - LEASE_MARGIN_S
 
     def _holds(self, part: _Partition) -> bool:
@@ -376,8 +376,7 @@ class GroupDispatcher:
         """Commit what was done (if the lease is still ours) and give the lease up."""
         if self._holds(part):
             await self._checkpoint(part, force=True)
-            with suppress(SwellError):
-                await self.broker.kv.delete(self._lease_key(part.p), part.revision)
+            await part.lease.release()
         if self._owned.get(part.p) is part:
             del self._owned[part.p]
         log.info("%s: let go of partition %d at offset %d", self.fn.name, part.p, part.position)
@@ -393,35 +392,17 @@ class GroupDispatcher:
             d = Delivery(receipt=receipt, body=r.body, headers=r.headers, receive_count=attempt,
                          enqueued_at=r.timestamp, first_received_at=first)
             out = await self._run(d)
-            if out.kind == "duplicate":  # its idempotency key was done before: not run again
-                m.duplicates += 1
-                m.succeeded += 1
+            action = self._rules(out, attempt, owned=out.kind == "ok" or self._holds(part))
+            if action.kind in ("ack", "let_go"):
                 return
-            if out.kind in ("invalid", "malformed"):
-                await self._dead_letter(r, REASON_INVALID if out.kind == "invalid"
-                                        else REASON_MALFORMED, out.error or out.kind, attempt)
+            if action.kind == "dead_letter":
+                await self._dead_letter(r, action.reason, action.error, attempt)
                 return
-            m.attempts += 1
-            if out.kind == "throttled":
-                m.throttles += 1
-                await self.clock.sleep(throttle_delay_s(out.retry_after_s))
-                continue  # a throttle is not an attempt
-            if out.kind != "crashed":
-                m.service(out.service_s)
-            if out.kind == "ok":
-                m.succeeded += 1
-                return
-            m.errors += 1
-            if attempt >= self._attempts or not self._holds(part):
-                if self._holds(part):
-                    await self._dead_letter(r, f"{REASON_FAILED} after {attempt} attempt(s)",
-                                            out.error or out.kind, attempt)
-                return
-            m.retried += 1
-            log.info("%s: partition %d offset %d attempt %d failed (%s); retrying", self.fn.name,
-                     part.p, r.offset, attempt, out.error)
-            await self.clock.sleep(self.fn.retry.delay_s(attempt))
-            attempt += 1
+            if action.kind == "retry":
+                log.info("%s: partition %d offset %d attempt %d failed (%s); retrying",
+                         self.fn.name, part.p, r.offset, attempt, action.error)
+                attempt += 1  # a throttle is not an attempt
+            await self.clock.sleep(action.delay_s)
 
     async def _run(self, d: Delivery) -> Outcome:
         """One attempt: under the function's idempotency key, if it has one."""
@@ -436,14 +417,11 @@ class GroupDispatcher:
     def _execute(self, d: Delivery, state: dict[str, Any] | None = None) -> Awaitable[Outcome]:
         timeout = self.fn.timeout_s
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        extras: dict[str, Any] = {"deadline": deadline, "producer": self.producer,
-                                  "extend": _no_extend}
-        if self._store is not None:
-            extras["idempotency"] = (self._store, LEASE_S, state if state is not None else {})
-        return self.executor.execute(d, extras)
+        inv = Invocation(deadline, self.producer, no_extend, self._blocks,
+                         LEASE_S if state is not None else BLOCK_LEASE_S, state)
+        return self.executor.execute(d, inv)
 
     async def _dead_letter(self, r: Record, reason: str, error: str, attempts: int) -> None:
-        self.metrics.dead_lettered += 1
         log.warning("%s: partition %d offset %d dead-lettered (%s): %s", self.fn.name,
                     r.partition, r.offset, reason, error)
         headers = dead_letter_headers(r.headers, source=f"{self.group.key}#{r.partition}",
@@ -456,10 +434,6 @@ class GroupDispatcher:
             log.error("%s: could not dead-letter offset %d: %s", self.fn.name, r.offset, exc)
 
 
-async def _no_extend(seconds: float) -> bool:
-    return True  # a partition's lease is renewed by the runtime, not per event
-
-
 def _summary(owners: dict[int, str]) -> str:
     by: dict[str, list[int]] = {}
     for p, n in sorted(owners.items()):
@@ -467,4 +441,4 @@ def _summary(owners: dict[int, str]) -> str:
     return "; ".join(f"{n}: {ps}" for n, ps in sorted(by.items()))
 
 
-__all__ = ["GroupDispatcher", "Outcome", "assign"]
+__all__ = ["GroupDispatcher", "assign"]

@@ -15,9 +15,8 @@ import pydantic
 from swell.core.codec import encode_json
 from swell.core.errors import AppError
 from swell.core.event import Event
-from swell.runtime.context import Context
-
-_NO_VALIDATION = (Any, inspect.Parameter.empty, object)
+from swell.core.signature import name_of, parameters, validator
+from swell.runtime.context import Context, ContextBase
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +33,12 @@ class Handler:
 
     @classmethod
     def inspect(cls, fn: Callable[..., Any]) -> Handler:
-        name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+        name = name_of(fn)
         is_async = _is_async(fn, name)
-        try:
-            hints = typing.get_type_hints(_annotated(fn), include_extras=True)
-        except Exception as exc:  # a NameError or worse from the user's annotations
-            raise AppError(f"cannot read the annotations of {name}: {exc}") from exc
         payload = context = None
         wants_event = wants_bytes = False
         adapter: pydantic.TypeAdapter[Any] | None = None
-        for p in inspect.signature(fn).parameters.values():
-            ann = hints.get(p.name, p.annotation)
+        for p, ann in parameters(fn, annotated=_annotated(fn)):
             if ann is Context:
                 context = p.name
             elif payload is None:
@@ -55,17 +49,14 @@ class Handler:
                     ann = args[0] if args else Any
                 if ann is bytes:
                     wants_bytes = True
-                elif ann not in _NO_VALIDATION:
-                    try:
-                        adapter = pydantic.TypeAdapter(ann)
-                    except pydantic.PydanticUserError as exc:
-                        raise AppError(f"{name}: cannot validate {ann!r}: {exc}") from exc
+                else:
+                    adapter = validator(name, ann)
             elif p.default is inspect.Parameter.empty:
                 raise AppError(f"{name}: parameter {p.name!r} has no value to receive; a handler "
                                "takes one payload (or Event[T]) and optionally a Context")
         return cls(fn, is_async, payload, wants_event, wants_bytes, adapter, context)
 
-    def arguments(self, event: Event[Any], ctx: Context | None) -> dict[str, Any]:
+    def arguments(self, event: Event[Any], ctx: ContextBase | None) -> dict[str, Any]:
         """Keyword arguments for one call; raises ``pydantic.ValidationError`` on a bad payload.
         ``ctx`` may be ``None`` when the handler takes no Context."""
         kwargs: dict[str, Any] = {}

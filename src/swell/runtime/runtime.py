@@ -15,11 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
-import operator
-import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -30,15 +26,15 @@ from typing import Any
 import msgspec
 
 from swell.brokers.base import Broker
+from swell.brokers.producer import Producer, Target
 from swell.brokers.url import open_broker
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import SwellError
 from swell.runtime.app import App, Function, declare
+from swell.runtime.client import bind, unbind
 from swell.runtime.cluster import (
-    NODES_PREFIX,
-    STATUS_PREFIX,
     ClusterView,
-    NodeInfo,
+    FunctionStatus,
     for_publishing,
     leader,
     node_id,
@@ -47,11 +43,12 @@ from swell.runtime.cluster import (
 from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import Executor, InlineExecutor
 from swell.runtime.groups import GroupDispatcher
-from swell.runtime.producer import Producer, Target
+from swell.runtime.membership import Due, Membership, Reading, observed, reading, signals_dict
 from swell.scaling.base import Controller, Decision
-from swell.scaling.hotkeys import HotKey
 from swell.scaling.limiters import SharedLimiter, TokenBucket
 from swell.scaling.signals import Observation, Sampler, SignalHistory, Signals
+
+__all__ = ["DEFAULT_GRACE_S", "TICK_S", "FunctionState", "FunctionStatus", "Runtime"]
 
 log = logging.getLogger("swell.runtime")
 
@@ -94,44 +91,6 @@ class FunctionState:
         return self.history.latest()
 
 
-class FunctionStatus(msgspec.Struct, kw_only=True):
-    """A function on one node, kept in the kv store: what ``swell status`` shows, and what the
-    other nodes merge into their global readings (``obs``, this node's own)."""
-
-    app: str
-    function: str
-    node: str
-    queue: str
-    mode: str
-    controller: str
-    desired: int
-    """The decision for the function on all nodes together (the leader's)."""
-    share: int
-    """This node's part of ``desired``."""
-    nodes: int
-    leader: str
-    decided_at: float
-    """When the leader made the decision (its wall clock): nodes that show the same have applied
-    the same decision."""
-    reason: str
-    signals: dict[str, Any]
-    """The global signals the decision was made on."""
-    obs: Observation
-    group: str | None = None
-    """``stream/group`` for a function on a consumer group."""
-    partitions: list[int] = []
-    """A group's partitions this node works."""
-    lags: list[int] = []
-    """A group's lag per partition."""
-    hot_keys: list[HotKey] = []
-    members: list[str] = []
-    """The nodes ``desired`` is split over, in rank order: the leader's view of who is live, which
-    every node follows (one not yet in it takes no share until the leader counts it)."""
-    succeeded: int
-    dead_lettered: int
-    at: float
-
-
 class Runtime:
     """Runs an app. ``async with Runtime(app, "sqlite:///...") as rt: ...`` or ``await rt.serve()``.
 
@@ -152,11 +111,7 @@ class Runtime:
         self.node = node_id()
         self.started = time.time()
         self._shared: dict[str, SharedLimiter] = {}
-        self._last_peers: dict[str, dict[str, FunctionStatus]] = {}
-        self._peer_records: dict[str, tuple[int, FunctionStatus]] = {}  # key: revision, decoded
-        # per function: what its last written status record said (times left out), and when
-        self._written: dict[str, tuple[tuple[object, ...], float, FunctionStatus]] = {}
-        self._beat_at = -math.inf
+        self.membership = Membership(self.broker, clock, app.name, self.node, tick_s)
         self._ticks = 0
         self._stop = asyncio.Event()
         self._scaler: asyncio.Task[None] | None = None
@@ -189,9 +144,9 @@ class Runtime:
 
     async def start(self) -> None:
         await self.declare()
-        self.app._producer = self.producer  # app.publish goes through this runtime now
-        peers = await self._peers()
-        statuses: list[_Due] = []
+        bind(self.app, self.producer)  # app.publish goes through this runtime now
+        peers = await self.membership.peers()
+        statuses: list[Due] = []
         for fn in self.app.functions.values():
             controller = fn.controller()
             st = FunctionState(fn, self._dispatcher(fn, controller), controller)
@@ -206,7 +161,7 @@ class Runtime:
             statuses.append((self._status(st, first, st.dispatcher.observe(first.t, None, 0, None)),
                              None))
         # announced at once, so a node starting next counts this one from its start
-        await self._publish_statuses(statuses)
+        await self.membership.publish(statuses)
         await self._heartbeat()
         self._scaler = asyncio.create_task(self._scale_loop(), name="swell:scaler")
         self._services = [asyncio.create_task(service(self), name=f"swell:{service.__name__}")
@@ -232,8 +187,9 @@ class Runtime:
         """The heartbeat at least every tick, even while a tick runs long (the tick writes it
         too, when it ends, with the shares it took)."""
         while True:
-            await self.clock.sleep(max(0.0, self._beat_at + self.tick_s - self.clock.monotonic()))
-            if self.clock.monotonic() - self._beat_at < self.tick_s:
+            beat_at = self.membership.beat_at
+            await self.clock.sleep(max(0.0, beat_at + self.tick_s - self.clock.monotonic()))
+            if self.clock.monotonic() - self.membership.beat_at < self.tick_s:
                 continue  # a tick wrote it meanwhile
             try:
                 await self._heartbeat()
@@ -252,9 +208,9 @@ class Runtime:
         tick after next samples it again, and its controller sees ticks of the usual length (see
         ``_wake``)."""
         self._ticks += 1
-        peers = await self._peers()
+        peers = await self.membership.peers()
         backlogs = await self._backlogs()
-        statuses: list[_Due] = []
+        statuses: list[Due] = []
         for i, st in enumerate(self.functions.values()):
             backlog = backlogs.get(st.fn.name)
             fn_peers = peers.get(st.fn.name, {})
@@ -266,7 +222,7 @@ class Runtime:
                 depth, delayed, age = (None, 0, None) if backlog is None else backlog[:3]
                 own = st.dispatcher.observe(self.clock.monotonic(), depth, delayed, age)
                 same = (st.resting and st.own is not None
-                        and _observed(own) == _observed(st.own))
+                        and observed(own) == observed(st.own))
                 if resting and same and phase % REST_TICKS:
                     due = self._refresh(st)
                 else:
@@ -277,11 +233,11 @@ class Runtime:
                 statuses.append(due)
             if i % 256 == 255:
                 await asyncio.sleep(0)  # many functions: let receives and handlers run between
-        await self._publish_statuses(statuses)
+        await self.membership.publish(statuses)
         await self._heartbeat()
 
     async def _sample(self, st: FunctionState, own: Observation,
-                      peers: dict[str, FunctionStatus]) -> _Due | None:
+                      peers: dict[str, FunctionStatus]) -> Due | None:
         """One function's turn of the tick; its status record if one is to be written."""
         s = st.sampler.observe(st.view.merge(own, {n: p.obs for n, p in peers.items()}))
         st.history.append(s)
@@ -371,67 +327,27 @@ class Runtime:
         d.activator = st.decision.desired == 0
         await d.set_limit(max(st.share, floor))
 
-    async def _peers(self) -> dict[str, dict[str, FunctionStatus]]:
-        """The other live nodes' latest status per function: ``{function: {node: status}}``. If
-        the kv store does not answer, the last known peers (never "alone", which would let this
-        node take every share). Without another node's heartbeat there are none: the status
-        records (one per function and node, so many) are read only when there are."""
-        try:
-            nodes = await self.broker.kv.scan(f"{NODES_PREFIX}{self.app.name}/")
-            if all(e.key == self._key(NODES_PREFIX) for e in nodes):
-                entries = []
-            else:
-                entries = await self.broker.kv.scan(f"{STATUS_PREFIX}{self.app.name}/")
-        except SwellError as exc:
-            log.warning("could not read the other nodes' status: %s", exc)
-            return self._last_peers
-        peers: dict[str, dict[str, FunctionStatus]] = {}
-        records: dict[str, tuple[int, FunctionStatus]] = {}
-        own = f"/{self.node}"
-        for e in entries:
-            if e.key.endswith(own):
-                continue  # this node's own (see _key), not worth decoding
-            known = self._peer_records.get(e.key)
-            if known is not None and known[0] == e.revision:
-                status = known[1]
-            else:
-                try:
-                    status = msgspec.json.decode(e.value, type=FunctionStatus)
-                except msgspec.ValidationError:
-                    continue  # a record of another swell version
-            records[e.key] = (e.revision, status)
-            if status.node != self.node:
-                peers.setdefault(status.function, {})[status.node] = status
-        self._peer_records = records
-        self._last_peers = peers
-        return peers
-
-    def _key(self, prefix: str, *parts: str) -> str:
-        return "/".join((f"{prefix}{self.app.name}", *parts, self.node))
-
     def _status_due(self, st: FunctionState, s: Signals, own: Observation,
-                    reading: tuple[object, ...] | None) -> _Due | None:
+                    reading: tuple[object, ...] | None) -> Due | None:
         """A function's status record, if it is to be written this tick: when what it says
-        changed (times aside), or when the one written nears its TTL. A node's idle
-        functions then cost no write most ticks; its peers see the same reading as before, which
-        changes nothing there (see ``ClusterView``)."""
-        written = self._written.get(st.fn.name)
-        if (reading is not None and written is not None and written[0] == reading
-                and self.clock.monotonic() - written[1] < self._refresh_s):
+        changed (times aside), or when the one written nears its TTL (see ``membership``)."""
+        if self.membership.unchanged(st.fn.name, reading):
             return None
         return self._status(st, s, own), reading
 
-    def _refresh(self, st: FunctionState) -> _Due | None:
+    def _refresh(self, st: FunctionState) -> Due | None:
         """The status record of a function at rest, again, if the one written nears its TTL (or
         was never written)."""
-        written = self._written.get(st.fn.name)
-        if written is None:  # (its write failed)
+        if not self.membership.written(st.fn.name):  # (its write failed)
             s = st.signals
             return None if s is None or st.own is None else (self._status(st, s, st.own),
                                                              st.reading)
-        if self.clock.monotonic() - written[1] < self._refresh_s:
-            return None
-        return msgspec.structs.replace(written[2], at=self.clock.time()), written[0]
+        return self.membership.again(st.fn.name)
+
+    async def _heartbeat(self) -> None:
+        await self.membership.heartbeat(
+            self.started, {name: st.share for name, st in self.functions.items()},
+            sum(st.dispatcher.in_flight for st in self.functions.values()))
 
     def _status(self, st: FunctionState, s: Signals, own: Observation) -> FunctionStatus:
         m = st.dispatcher.metrics
@@ -440,7 +356,7 @@ class Runtime:
             mode=st.fn.mode, controller=repr(st.controller), desired=st.decision.desired,
             share=st.share, nodes=st.nodes, leader=st.leader, decided_at=st.decided_at,
             members=st.members,
-            reason=st.decision.reason, signals=_asdict(s),
+            reason=st.decision.reason, signals=signals_dict(s),
             obs=for_publishing(own), succeeded=m.succeeded, dead_lettered=m.dead_lettered,
             at=self.clock.time())
         if isinstance(st.dispatcher, GroupDispatcher):
@@ -448,44 +364,6 @@ class Runtime:
             status = msgspec.structs.replace(status, group=g.group.key, partitions=g.partitions,
                                              lags=g.lags, hot_keys=g.hot_keys())
         return status
-
-    async def _publish_statuses(self, due: list[_Due]) -> None:
-        """Write status records all at once (a backend that can stores them in one transaction)."""
-        now = self.clock.monotonic()
-        results = await asyncio.gather(*(
-            self.broker.kv.put(self._key(STATUS_PREFIX, status.function),
-                               msgspec.json.encode(status), ttl_s=self._ttl_s)
-            for status, _ in due), return_exceptions=True)
-        failed: BaseException | None = None
-        for (status, reading), result in zip(due, results, strict=True):
-            if isinstance(result, BaseException):
-                failed = failed or result
-                self._written.pop(status.function, None)
-            elif reading is not None:
-                self._written[status.function] = (reading, now, status)
-        if failed is not None:
-            raise failed
-
-    async def _heartbeat(self) -> None:
-        self._beat_at = self.clock.monotonic()
-        info = NodeInfo(
-            app=self.app.name, node=self.node, host=socket.gethostname(), pid=os.getpid(),
-            started=self.started, seen=self.clock.time(),
-            functions={name: st.share for name, st in self.functions.items()},
-            in_flight=sum(st.dispatcher.in_flight for st in self.functions.values()))
-        await self.broker.kv.put(self._key(NODES_PREFIX), msgspec.json.encode(info),
-                                 ttl_s=self._ttl_s)
-
-    @property
-    def _refresh_s(self) -> float:
-        """How old an unchanged status record gets before it is written again: a few ticks
-        short of its TTL, so that a late tick does not let it lapse."""
-        return self._ttl_s - max(1.5, 3 * self.tick_s)
-
-    @property
-    def _ttl_s(self) -> float:
-        """How long a node's entries outlive its last tick: a node silent for this long is gone."""
-        return max(5.0, 4 * self.tick_s)
 
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         """Graceful stop: no new leases, in-flight work finishes within ``grace_s``, the rest is
@@ -498,12 +376,8 @@ class Runtime:
             for task in stuck:
                 log.warning("%s did not stop within %g s; going on", task.get_name(), STOP_WAIT_S)
         await asyncio.gather(*(st.dispatcher.stop(grace_s) for st in self.functions.values()))
-        await asyncio.gather(*(_forget(self.broker, self._key(STATUS_PREFIX, name))
-                               for name in self.functions))
-        await _forget(self.broker, self._key(NODES_PREFIX))
-        self._written.clear()
-        if self.app._producer is self.producer:
-            self.app._producer = None
+        await self.membership.leave(list(self.functions))
+        unbind(self.app, self.producer)
         self.functions.clear()
         if self._owns_broker:
             await self.broker.close()
@@ -564,34 +438,12 @@ class Runtime:
         await self.stop()
 
 
-def _asdict(s: Signals) -> dict[str, Any]:
-    return {name: getattr(s, name) for name in s.__dataclass_fields__}
-
-
-#: a status record to write, and what it said (``_reading``; ``None``: not compared)
-_Due = tuple[FunctionStatus, tuple[object, ...] | None]
-_SMOOTHED = ("arrival_rate", "completion_rate", "error_rate", "throttle_rate")
-_observed = operator.attrgetter(*(f.name for f in dataclasses.fields(Observation) if f.name != "t"))
-_signalled = operator.attrgetter(*(f.name for f in dataclasses.fields(Signals)
-                                   if f.name != "t" and f.name not in _SMOOTHED))
-_smoothed = operator.attrgetter(*_SMOOTHED)
-
-
 def _empty(backlog: tuple[int | None, int, float | None, int] | None) -> bool:
     """Nothing ready, delayed or leased (and known to be so)."""
     return backlog is not None and backlog[0] == 0 and backlog[1] == 0 and backlog[3] == 0
 
 
-def _reading(st: FunctionState, s: Signals, own: Observation) -> tuple[object, ...]:
-    """What a function's status record says, without its times, the smoothed rates rounded (they
-    decay for a long while after the last event): the same reading need not be written again
-    before its TTL calls for it."""
+def _reading(st: FunctionState, s: Signals, own: Observation) -> Reading:
     m, d = st.dispatcher.metrics, st.decision
-    return (d.desired, d.reason, st.share, tuple(st.members), st.leader, st.decided_at,
-            m.succeeded, m.dead_lettered, _observed(own), _signalled(s),
-            tuple(None if v is None else round(v, 3) for v in _smoothed(s)))
-
-
-async def _forget(broker: Broker, key: str) -> None:
-    with suppress(SwellError):
-        await broker.kv.delete(key)
+    return reading((d.desired, d.reason, st.share, tuple(st.members), st.leader, st.decided_at,
+                    m.succeeded, m.dead_lettered), s, own)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import msgspec
 
 from swell.brokers.base import KV
+from swell.core import keys
 from swell.core.clock import Clock
 from swell.core.config import Rate, per_second, whole
 
@@ -97,7 +98,7 @@ class SharedLimiter:
         self.spec = spec
         self.kv = kv
         self.clock = clock
-        self._key = f"swell/limiter/{spec.name}"
+        self._key = keys.limiter(spec.name)
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     async def reserve(self) -> float:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from swell.brokers.base import KV, Broker
+from swell.brokers.producer import Producer
+from swell.core import keys
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.patterns.sagas.log import (
     ACTIVE,
@@ -24,12 +26,11 @@ from swell.patterns.sagas.log import (
     update,
 )
 from swell.patterns.sagas.runner import send_wake
-from swell.runtime.producer import Producer
 
 
 async def sagas(kv: KV, *, saga: str | None = None, state: str | None = None) -> list[SagaLog]:
     """Every saga's log (of one saga name, in one state), the most recently changed first."""
-    entries = await kv.scan(KEY_PREFIX if saga is None else f"{KEY_PREFIX}{saga}/")
+    entries = await kv.scan(keys.sagas(saga))
     logs = [decode(e.value) for e in entries]
     return sorted((lg for lg in logs if state is None or lg.state == state),
                   key=lambda lg: -lg.updated)

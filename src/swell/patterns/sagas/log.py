@@ -15,9 +15,10 @@ from typing import Any, Literal
 import msgspec
 
 from swell.brokers.base import KV
+from swell.core import keys
 from swell.core.errors import BrokerError, SwellError
 
-KEY_PREFIX = "swell/sagas/"
+KEY_PREFIX = keys.SAGAS
 MAX_HISTORY = 500
 """Entries kept per saga; older ones are dropped (and counted) so a log stays bounded."""
 CAS_TRIES = 20
@@ -164,7 +165,7 @@ class SagaLog(msgspec.Struct, kw_only=True):
 
 
 def key_of(saga: str, saga_id: str) -> str:
-    return f"{KEY_PREFIX}{saga}/{saga_id}"
+    return keys.saga(saga, saga_id)
 
 
 def queue_of(saga: str) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from swell.core.codec import decode_json, encode_json
+from swell.core.describe import describe, describe_validation
 from swell.core.errors import PayloadError, Throttled
 from swell.patterns.sagas.log import (
     ACTIVE,
@@ -28,13 +29,11 @@ from swell.patterns.sagas.log import (
     queue_of,
     update,
 )
-from swell.patterns.sagas.steps import SagaContext, Step
-from swell.runtime.context import Context
-from swell.runtime.executor import describe, describe_validation
+from swell.patterns.sagas.steps import Publisher, SagaContext, Step
 
 if TYPE_CHECKING:
+    from swell.brokers.producer import Producer
     from swell.patterns.sagas.saga import Saga
-    from swell.runtime.producer import Producer
 
 log = logging.getLogger("swell.saga")
 
@@ -88,15 +87,16 @@ class _Outcome:
 class Runner:
     """Moves one saga on, for one message."""
 
-    def __init__(self, saga: Saga, ctx: Context, saga_id: str) -> None:
+    def __init__(self, saga: Saga, ctx: Publisher, saga_id: str, *, producer: Producer,
+                 wake: str) -> None:
         self.saga = saga
         self.ctx = ctx
-        self.producer: Producer = ctx._producer
+        self.producer = producer
         self.kv = self.producer.broker.kv
         self.clock = self.producer.clock
         self.id = saga_id
         self.key = key_of(saga.name, saga_id)
-        self.wake = ctx.event.id
+        self.wake = wake
         self.actor = f"runner {actor_here()}"
         self.todo = _Todo("none")
 

@@ -12,29 +12,29 @@ which finds the log ahead of it and sends the expected one again (the broker's d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
 
 from swell.core.codec import decode_json, encode_json
 from swell.core.config import Duration, seconds
+from swell.core.describe import describe_validation
 from swell.core.errors import AppError, PayloadError, Throttled
 from swell.core.event import new_id
+from swell.core.retry import Retry
 from swell.patterns.sagas.log import SagaError, SagaLog, actor_here, decode, encode, key_of, new_log, queue_of
 from swell.patterns.sagas.runner import MAX_MOVES, Runner, send_wake
-from swell.patterns.sagas.steps import Call, SagaContext, Step, check_part
-from swell.runtime.context import Context
-from swell.runtime.executor import describe_validation
-from swell.runtime.retry import Retry
+from swell.patterns.sagas.steps import Call, Publisher, SagaContext, Step, check_part
 
 if TYPE_CHECKING:
-    from swell.runtime.app import App
-    from swell.scaling.base import Controller
+    from swell.brokers.producer import Producer
 
 __all__ = ["Saga", "SagaContext"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+Connect = Callable[[str | None], Awaitable["Producer"]]
+"""A broker URL (or ``None``: the default) -> the producer to start and read sagas through."""
 log = logging.getLogger("swell.saga")
 
 
@@ -51,26 +51,21 @@ class Saga:
     ``retention``; one that needs attention is kept until someone sees to it.
     """
 
-    def __init__(self, app: App, name: str, *, step_timeout: Duration = "30s",
+    def __init__(self, name: str, *, connect: Connect, step_timeout: Duration = "30s",
                  retry: Retry | None = None, compensation_retry: Retry | None = None,
-                 visibility_timeout: Duration = 30.0, concurrency: int | Controller | None = None,
                  retention: Duration = "7d") -> None:
+        """Made by ``app.saga``, which declares its queue and function (``connect`` gives the
+        producer that ``start`` and ``get`` go through: a running Runtime's, or the app's own)."""
         check_part("saga name", name)
-        if queue_of(name) in app.functions:
-            raise AppError(f"saga {name!r} is declared twice")
-        self.app = app
         self.name = name
+        self.queue_name = queue_of(name)
+        self._connect = connect
         self.step_timeout_s = seconds(step_timeout, name="step_timeout")
         self.retry = retry or Retry(attempts=3, backoff=1.0, max_backoff=60.0)
         self.compensation_retry = compensation_retry or Retry(attempts=5, backoff=1.0,
                                                               max_backoff=60.0)
         self.retention_s = seconds(retention, name="retention")
         self.steps: dict[str, Step] = {}
-        # max_receives=0: crashes bring a message back any number of times; a saga is never
-        # dead-lettered (its log says when it is stuck), and its runner's own errors retry
-        self.queue = app.queue(queue_of(name), visibility_timeout=visibility_timeout, max_receives=0)
-        app.function(self.queue, concurrency=concurrency, name=queue_of(name),
-                     retry=Retry(backoff=0.5, max_backoff=30.0))(self._run)
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, steps={list(self.steps)})"
@@ -126,7 +121,7 @@ class Saga:
         sid = id or new_id()
         check_part("saga id", sid)
         raw = self._validate(data)
-        producer = self.app._producer or await self.app._open(broker)
+        producer = await self._connect(broker)
         kv = producer.broker.kv
         key = key_of(self.name, sid)
         entry = await kv.get(key)
@@ -158,17 +153,20 @@ class Saga:
 
     async def get(self, saga_id: str, *, broker: str | None = None) -> SagaLog | None:
         """The log of one saga, or ``None``."""
-        producer = self.app._producer or await self.app._open(broker)
+        producer = await self._connect(broker)
         entry = await producer.broker.kv.get(key_of(self.name, saga_id))
         return None if entry is None else decode(entry.value)
 
     # -- running ---------------------------------------------------------------------------------
-    async def _run(self, message: dict[str, Any], ctx: Context) -> None:
+    async def run(self, message: dict[str, Any], ctx: Publisher, *, producer: Producer,
+                  wake: str) -> None:
+        """Move the saga of ``message`` on (the handler of the saga's function calls this, with
+        its Context, the producer it publishes through, and the message's event id)."""
         sid = message.get("id")
         if not isinstance(sid, str):
             log.error("saga %s: a message without a saga id: %r", self.name, message)
             return
-        runner = Runner(self, ctx, sid)
+        runner = Runner(self, ctx, sid, producer=producer, wake=wake)
         for _ in range(MAX_MOVES):
             if not await runner.move(message):
                 return

@@ -6,21 +6,32 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic
 
 from swell.core.errors import AppError
+from swell.core.retry import Retry
+from swell.core.signature import name_of, parameters, validator
 from swell.patterns.sagas.log import Phase
-from swell.runtime.context import Context
-from swell.runtime.retry import Retry
 
 log = logging.getLogger("swell.saga")
 
-_NO_VALIDATION = (Any, inspect.Parameter.empty, object)
+
+class Publisher(Protocol):
+    """What a ``SagaContext`` needs of the Context of the message that runs its step."""
+
+    def publish(self, target: str, data: Any, *, delay_s: float = 0.0,
+                **attrs: Any) -> Awaitable[str]: ...
+
+
+def is_handler_context(ann: object) -> bool:
+    """Whether ``ann`` is a handler's ``Context`` (or ``SyncContext``), which a step must not ask
+    for (patterns sit below the runtime, so the class is known by its name and package)."""
+    return (isinstance(ann, type) and ann.__name__ in ("Context", "SyncContext")
+            and ann.__module__.startswith("swell.runtime"))
 
 
 class SagaContext:
@@ -35,7 +46,7 @@ class SagaContext:
     __slots__ = ("_ctx", "attempt", "deadline", "phase", "saga", "saga_id", "step")
 
     def __init__(self, *, saga: str, saga_id: str, step: str, phase: Phase, attempt: int,
-                 deadline: float, ctx: Context) -> None:
+                 deadline: float, ctx: Publisher) -> None:
         self.saga = saga
         self.saga_id = saga_id
         self.step = step
@@ -87,25 +98,20 @@ class Call:
 
     @classmethod
     def inspect(cls, fn: Callable[..., Any], *, compensation: bool) -> Call:
-        name = getattr(fn, "__qualname__", repr(fn))
+        name = name_of(fn)
         if not inspect.iscoroutinefunction(fn):
             raise AppError(f"{name}: a saga's actions and compensations are 'async def'")
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception as exc:  # a NameError or worse from the user's annotations
-            raise AppError(f"cannot read the annotations of {name}: {exc}") from exc
         wanted = ["data", "result"] if compensation else ["data"]
         got: dict[str, tuple[str, pydantic.TypeAdapter[Any] | None]] = {}
         context = None
-        for p in inspect.signature(fn).parameters.values():
-            ann = hints.get(p.name, p.annotation)
+        for p, ann in parameters(fn):
             if ann is SagaContext:
                 context = p.name
-            elif ann is Context:
+            elif is_handler_context(ann):
                 raise AppError(f"{name}: a saga step's context is a SagaContext "
                                "(from swell.patterns.sagas import SagaContext), not a Context")
             elif wanted:
-                got[wanted.pop(0)] = (p.name, None if ann in _NO_VALIDATION else adapter(name, ann))
+                got[wanted.pop(0)] = (p.name, validator(name, ann))
             elif p.default is inspect.Parameter.empty:
                 raise AppError(f"{name}: parameter {p.name!r} has no value to receive; a step takes "
                                f"(data, ctx){' and a compensation (data, result, ctx)' * compensation}")
@@ -125,13 +131,6 @@ class Call:
         if self.context is not None:
             kwargs[self.context] = ctx
         return kwargs
-
-
-def adapter(name: str, ann: Any) -> pydantic.TypeAdapter[Any]:
-    try:
-        return pydantic.TypeAdapter(ann)
-    except pydantic.PydanticUserError as exc:
-        raise AppError(f"{name}: cannot validate {ann!r}: {exc}") from exc
 
 
 @dataclass(slots=True)

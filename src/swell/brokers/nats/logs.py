@@ -29,33 +29,32 @@ A swell stream is one JetStream stream, ``swell-<ns>-S-<stream>``, with limits r
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import secrets
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from swell.brokers.base import Message, Record, StreamSpec, partition_of
 from swell.brokers.logs import check_partition, partition_change
-from swell.brokers.nats import (
-    _QUEUE,
+from swell.brokers.nats.wire import (
     H_HEADERS,
     HEADER_ROOM,
+    NAME,
     REQUEST_TIMEOUT_S,
     SPEC_REFRESH_S,
-    _dec_headers,
-    _dec_segment,
-    _enc_headers,
-    _enc_segment,
-    _ns,
-    _parse_ts,
-    _refusal,
-    _status,
-    _stream_part,
+    check_name,
+    decode_headers,
+    decode_segment,
+    encode_segment,
+    message_headers,
+    nanos,
+    parse_ts,
+    rfc3339,
+    sequence,
+    stream_part,
 )
 from swell.core.errors import (
     BrokerError,
@@ -68,7 +67,7 @@ from swell.core.errors import (
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from swell.brokers.nats import NatsBroker
+    from swell.brokers.nats.client import NatsClient
 
 STREAM_KEY = "swell.stream"
 H_KEY = "Swell-Key"
@@ -84,54 +83,50 @@ SINCE_SLACK_S = 0.001
 class NatsLogs:
     """The log part of a ``NatsBroker``."""
 
-    def __init__(self, broker: NatsBroker) -> None:
-        self.b = broker
+    def __init__(self, client: NatsClient) -> None:
+        self.client = client
         self._specs: dict[str, tuple[StreamSpec, float]] = {}
         self._appended: dict[str, int] = {}  # round-robin counts, for records without a key
 
     # -- names -----------------------------------------------------------------------------
     def names(self, name: str) -> tuple[str, str]:
         """(JetStream stream, subject prefix of its partitions)."""
-        ns, part = self.b.namespace, _stream_part(name)
+        ns, part = self.client.namespace, stream_part(name)
         return f"swell-{ns}-S-{part}", f"swell.{ns}.s.{part}"
 
     # -- declarations ----------------------------------------------------------------------
     async def declare(self, spec: StreamSpec) -> None:
-        if not _QUEUE.fullmatch(spec.name) or len(spec.name) > 200:
-            raise ConfigError(f"stream name {spec.name!r} is not valid on NATS: use dot-separated "
-                              "tokens of letters, digits, '_' and '-' (at most 200 characters)")
+        check_name(spec.name, "stream")
         if spec.partitions < 1:
             raise ConfigError(f"stream {spec.name!r} needs at least one partition")
-        nc = await self.b._client()
-        if spec.max_message_bytes + HEADER_ROOM > nc.max_payload:
-            raise ConfigError(f"stream {spec.name!r}: max_message_bytes {spec.max_message_bytes:,} "
-                              f"is over what the NATS server takes ({nc.max_payload:,} bytes)")
+        await self.client.check_payload(f"stream {spec.name!r}", spec.max_message_bytes,
+                                        HEADER_ROOM)
         stream, prefix = self.names(spec.name)
-        have = _spec_of(await self.b._stream_info(stream))
+        have = _spec_of(await self.client.stream_info(stream))
         if have is not None and have.partitions != spec.partitions:
             raise ConfigError(partition_change(have, spec))
         meta = {STREAM_KEY: msgspec.json.encode(spec).decode()}
         wanted: dict[str, Any] = {
             "name": stream, "retention": "limits",
             "subjects": [f"{prefix}.{p}" for p in range(spec.partitions)],
-            "storage": self.b.storage, "num_replicas": self.b.replicas, "discard": "old",
-            "max_age": _ns(spec.retention_s), "max_msg_size": -1,
-            "duplicate_window": _ns(min(spec.retention_s, DEDUP_WINDOW_S)),
+            "storage": self.client.storage, "num_replicas": self.client.replicas, "discard": "old",
+            "max_age": nanos(spec.retention_s), "max_msg_size": -1,
+            "duplicate_window": nanos(min(spec.retention_s, DEDUP_WINDOW_S)),
             "allow_direct": True, "allow_atomic": True, "allow_msg_schedules": False,
             "metadata": meta,
         }
-        config = await self.b._stream(stream, wanted, f"stream {spec.name!r}", STREAM_KEY)
+        config = await self.client.ensure_stream(stream, wanted, f"stream {spec.name!r}", STREAM_KEY)
         if config["metadata"][STREAM_KEY] != meta[STREAM_KEY] or not config.get("allow_atomic"):
             config.update(max_age=wanted["max_age"], duplicate_window=wanted["duplicate_window"],
                           allow_atomic=True, metadata={**config["metadata"], **meta})
-            await self.b._api(f"STREAM.UPDATE.{stream}", config)
+            await self.client.api(f"STREAM.UPDATE.{stream}", config)
         self._specs[spec.name] = (spec, time.monotonic())
 
     async def stream_spec(self, name: str) -> StreamSpec:
         """The stream's settings, read from the server; ``UnknownStream`` if never declared."""
-        if not _QUEUE.fullmatch(name):
+        if not NAME.fullmatch(name):
             raise UnknownStream(name)
-        spec = _spec_of(await self.b._stream_info(self.names(name)[0]))
+        spec = _spec_of(await self.client.stream_info(self.names(name)[0]))
         if spec is None:
             self._specs.pop(name, None)
             raise UnknownStream(name)
@@ -146,7 +141,7 @@ class NatsLogs:
         return await self.stream_spec(name)
 
     async def streams(self) -> list[StreamSpec]:
-        infos = await self.b._list_streams(f"swell.{self.b.namespace}.s.>")
+        infos = await self.client.list_streams(f"swell.{self.client.namespace}.s.>")
         return sorted((s for s in map(_spec_of, infos) if s is not None), key=lambda s: s.name)
 
     # -- append ----------------------------------------------------------------------------
@@ -164,12 +159,9 @@ class NatsLogs:
         items: list[tuple[str, bytes, dict[str, str]]] = []
         for i, m in enumerate(messages):
             p = partition_of(m.key, spec.partitions, count + i)
-            headers: dict[str, str] = {}
-            encoded = _enc_headers(m.headers)
-            if encoded:
-                headers[H_HEADERS] = encoded
+            headers = message_headers(m.headers, None, {})
             if m.key is not None:
-                headers[H_KEY] = _enc_segment(m.key)
+                headers[H_KEY] = encode_segment(m.key)
             placed.append(p)
             items.append((f"{prefix}.{p}", m.body, headers))
         offsets: list[int] = []
@@ -187,26 +179,21 @@ class NatsLogs:
                 headers["Nats-Batch-Id"] = batch
                 headers["Nats-Batch-Sequence"] = str(i)
             items[-1][2]["Nats-Batch-Commit"] = "1"
-        b = self.b
-        nc = await b._client()
-        with b._box() as (reply, box):
+        client = self.client
+        nc = await client.connection()
+        with client.reply_box() as (reply, box):
             try:  # only the commit is answered: with the ack, or why nothing was stored
                 for subject, body, headers in items[:-1]:
                     await nc.publish(subject, body, headers=headers)
                 subject, body, headers = items[-1]
                 await nc.publish(subject, body, reply=reply, headers=headers)
             except Exception as exc:  # closed, or the buffer of a reconnecting client is full
-                raise BrokerUnavailable(f"NATS at {b.url} took no records: {exc!r}") from exc
-            msg = await b._next(box, REQUEST_TIMEOUT_S + 0.005 * len(items))
+                raise BrokerUnavailable(f"NATS at {client.url} took no records: {exc!r}") from exc
+            msg = await client.next_reply(box, REQUEST_TIMEOUT_S + 0.005 * len(items))
         if msg is None:
-            raise BrokerUnavailable(f"NATS at {b.url} did not confirm an append to {stream} in "
-                                    "time (it may have been stored)")
-        if _status(msg) is not None:  # 503: nothing stored; the stream has no leader
-            raise BrokerUnavailable(f"no stream at {b.url} takes the records of {stream} now "
-                                    "(electing its leader, or deleted)")
-        ack: dict[str, Any] = json.loads(msg.data)
-        if "error" in ack:
-            raise _refusal(f"an append to {stream}", ack["error"])
+            raise BrokerUnavailable(f"NATS at {client.url} did not confirm an append to {stream} "
+                                    "in time (it may have been stored)")
+        ack = client.stored(msg, stream, append=True)
         if ack.get("stream") != stream or int(ack.get("count", 1)) != len(items):
             raise BrokerError(f"an append to {stream} was stored as {ack}, not as one batch of "
                               f"{len(items)} in {stream}")
@@ -223,11 +210,11 @@ class NatsLogs:
         subject = f"{prefix}.{partition}"
         start: dict[str, Any] = {"seq": max(offset, 1)}
         if since is not None:
-            start = {"start_time": _rfc3339(since - SINCE_SLACK_S)}
+            start = {"start_time": rfc3339(max(0.0, since - SINCE_SLACK_S))}
         out: list[Record] = []
         while True:
             want = max_records - len(out)
-            got = await self.b._direct(stream, {**start, "next_by_subj": subject, "batch": want})
+            got = await self.client.direct(stream, {**start, "next_by_subj": subject, "batch": want})
             for msg in got:
                 r = _record(partition, msg)
                 # from the first record at or after both offset and since, everything after it
@@ -235,11 +222,11 @@ class NatsLogs:
                     out.append(r)
             if len(out) >= max_records or len(got) < want:
                 return out
-            start = {"seq": max(_seq(got[-1]) + 1, offset)}
+            start = {"seq": max(sequence(got[-1]) + 1, offset)}
 
     async def end_offsets(self, name: str) -> list[int]:
         stream, prefix = self.names(name)
-        info = await self.b._stream_info(stream) if _QUEUE.fullmatch(name) else None
+        info = await self.client.stream_info(stream) if NAME.fullmatch(name) else None
         spec = _spec_of(info)
         if spec is None or info is None:
             raise UnknownStream(name)
@@ -250,9 +237,9 @@ class NatsLogs:
             return ends
         request = {"multi_last": [f"{prefix}.{p}" for p in range(spec.partitions)],
                    "batch": spec.partitions, "up_to_seq": last}
-        for msg in await self.b._direct(stream, request):
+        for msg in await self.client.direct(stream, request):
             p = int((msg.headers or {}).get("Nats-Subject", "").rsplit(".", 1)[-1])
-            ends[p] = _seq(msg) + 1
+            ends[p] = sequence(msg) + 1
         return ends
 
     async def lag(self, name: str, offsets: Sequence[int]) -> list[int]:
@@ -264,7 +251,7 @@ class NatsLogs:
 
         async def pending(p: int, offset: int) -> int:
             # the first record at or after offset, and how many of the partition follow it
-            got = await self.b._direct(stream, {"seq": max(offset, 1),
+            got = await self.client.direct(stream, {"seq": max(offset, 1),
                                                 "next_by_subj": f"{prefix}.{p}", "batch": 1})
             return 1 + int((got[0].headers or {}).get("Nats-Num-Pending", "0")) if got else 0
 
@@ -276,18 +263,10 @@ def _spec_of(info: dict[str, Any] | None) -> StreamSpec | None:
     return None if raw is None else msgspec.json.decode(raw, type=StreamSpec)
 
 
-def _seq(msg: Msg) -> int:
-    return int((msg.headers or {}).get("Nats-Sequence", "0"))
-
-
 def _record(partition: int, msg: Msg) -> Record:
     raw = msg.headers or {}
     key = raw.get(H_KEY)
-    return Record(partition=partition, offset=_seq(msg), timestamp=_parse_ts(raw["Nats-Time-Stamp"]),
-                  key=None if key is None else _dec_segment(key), body=bytes(msg.data),
-                  headers=_dec_headers(raw.get(H_HEADERS)))
-
-
-def _rfc3339(epoch: float) -> str:
-    return datetime.fromtimestamp(max(0.0, epoch), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return Record(partition=partition, offset=sequence(msg), timestamp=parse_ts(raw["Nats-Time-Stamp"]),
+                  key=None if key is None else decode_segment(key), body=bytes(msg.data),
+                  headers=decode_headers(raw.get(H_HEADERS)))
 

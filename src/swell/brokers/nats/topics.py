@@ -23,28 +23,28 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from swell.brokers.base import Message, SubscriptionSpec, SubscriptionStats, TopicInfo, TopicSpec
-from swell.brokers.nats import (
+from swell.brokers.nats.wire import (
     H_ENQUEUED,
-    H_HEADERS,
     HEADER_ROOM,
     SPEC_REFRESH_S,
-    _at,
-    _enc_headers,
-    _enc_segment,
-    _msg_id,
-    _ns,
-    _stream_part,
+    SUBSCRIPTION_KEY,
     check_queue_name,
+    encode_segment,
+    message_headers,
+    nanos,
+    schedule_at,
+    stream_part,
 )
 from swell.brokers.topics import Router, check_publish
-from swell.core.errors import ConfigError, UnknownTopic
+from swell.core import keys
+from swell.core.errors import UnknownTopic
 
 if TYPE_CHECKING:
-    from swell.brokers.nats import NatsBroker
+    from swell.brokers.nats.client import NatsClient
+    from swell.brokers.nats.kv import NatsKV
 
 TOPIC_KEY = "swell.topic"
-SUBSCRIPTION_KEY = "swell.subscription"
-COUNTS_PREFIX = "swell/topic-counts/"
+COUNTS_PREFIX = keys.TOPIC_COUNTS
 FLUSH_EVERY_S = 1.0
 
 _decode = msgspec.json.Decoder().decode
@@ -58,8 +58,9 @@ class _Counts(msgspec.Struct, array_like=True):
 class NatsTopics:
     """The topic part of a ``NatsBroker``."""
 
-    def __init__(self, broker: NatsBroker) -> None:
-        self.b = broker
+    def __init__(self, client: NatsClient, kv: NatsKV) -> None:
+        self.client = client
+        self.kv = kv
         self._pending: dict[tuple[str, str], _Counts] = {}
         self._flushed_at = time.monotonic()
         self._specs: dict[str, tuple[TopicSpec, float]] = {}
@@ -68,25 +69,25 @@ class NatsTopics:
     def names(self, topic: str) -> tuple[str, str, str]:
         """(stream, subject of an event without a routing key, prefix of scheduled messages)."""
         check_queue_name(topic)
-        ns, part = self.b.namespace, _stream_part(topic)
+        ns, part = self.client.namespace, stream_part(topic)
         return f"swell-{ns}-T-{part}", f"swell.{ns}.t.{part}", f"swell.{ns}.td.{part}"
 
     def _own(self, spec: SubscriptionSpec) -> str:
         """The subject in the topic's stream that only this subscription takes: where its
         delayed messages (retries that must not count) land when due."""
-        return f"swell.{self.b.namespace}.tp.{_stream_part(spec.topic)}.{_enc_segment(spec.name)}"
+        return (f"swell.{self.client.namespace}.tp.{stream_part(spec.topic)}."
+                f"{encode_segment(spec.name)}")
 
     def schedule(self, spec: SubscriptionSpec) -> tuple[str, str, str]:
         """(stream, target subject, holder prefix) of a delayed message for a subscription."""
         stream, _, delayed = self.names(spec.topic)
         return stream, self._own(spec), delayed
 
-    def sources(self, spec: SubscriptionSpec, start_seq: int) -> list[dict[str, Any]]:
+    def sources(self, spec: SubscriptionSpec, target: str, start_seq: int) -> list[dict[str, Any]]:
         """The ``sources`` of a subscription's queue stream: the topic's messages whose routing
-        key matches (and the subscription's own delayed ones), renamed to the queue's subject,
-        from ``start_seq`` on."""
+        key matches (and the subscription's own delayed ones), renamed to the queue's subject
+        ``target``, from ``start_seq`` on."""
         stream, base, _ = self.names(spec.topic)
-        _, target, _ = self.b._names(spec.queue.name)
         subjects = [base, f"{base}.>"] if spec.subject is None else [f"{base}.{spec.subject}"]
         # a transform cannot drop what '>' matched: those land on the queue's subject plus the
         # rest, which the queue's consumer takes too (it has no filter: nothing else is there)
@@ -97,31 +98,28 @@ class NatsTopics:
     # -- declarations ----------------------------------------------------------------------
     async def declare(self, spec: TopicSpec) -> None:
         stream, base, delayed = self.names(spec.name)
-        part = _stream_part(spec.name)
-        nc = await self.b._client()
-        if spec.max_message_bytes + HEADER_ROOM > nc.max_payload:
-            raise ConfigError(f"topic {spec.name!r}: max_message_bytes {spec.max_message_bytes:,} "
-                              f"is over what the NATS server takes ({nc.max_payload:,} bytes)")
+        part = stream_part(spec.name)
+        await self.client.check_payload(f"topic {spec.name!r}", spec.max_message_bytes, HEADER_ROOM)
         meta = {TOPIC_KEY: msgspec.json.encode(spec).decode()}
         wanted: dict[str, Any] = {
             "name": stream, "retention": "limits",
-            "subjects": [base, f"{base}.>", f"{delayed}.*", f"swell.{self.b.namespace}.tp.{part}.*"],
-            "storage": self.b.storage, "num_replicas": self.b.replicas, "discard": "old",
-            "max_age": _ns(spec.retention_s), "max_msg_size": -1,
-            "duplicate_window": _ns(max(spec.dedup_window_s, 0.001)),
+            "subjects": [base, f"{base}.>", f"{delayed}.*", f"swell.{self.client.namespace}.tp.{part}.*"],
+            "storage": self.client.storage, "num_replicas": self.client.replicas, "discard": "old",
+            "max_age": nanos(spec.retention_s), "max_msg_size": -1,
+            "duplicate_window": nanos(max(spec.dedup_window_s, 0.001)),
             "allow_direct": True, "allow_msg_schedules": True,
             "metadata": meta,
         }
-        config = await self.b._stream(stream, wanted, f"topic {spec.name!r}", TOPIC_KEY)
+        config = await self.client.ensure_stream(stream, wanted, f"topic {spec.name!r}", TOPIC_KEY)
         if config["metadata"][TOPIC_KEY] != meta[TOPIC_KEY]:
             config.update(max_age=wanted["max_age"], duplicate_window=wanted["duplicate_window"],
                           metadata={**config["metadata"], **meta})
-            await self.b._api(f"STREAM.UPDATE.{stream}", config)
+            await self.client.api(f"STREAM.UPDATE.{stream}", config)
 
     async def topic_spec(self, topic: str) -> tuple[TopicSpec, int]:
         """The topic's settings and its last sequence; ``UnknownTopic`` if it was never declared."""
         stream, _, _ = self.names(topic)
-        info = await self.b._stream_info(stream)
+        info = await self.client.stream_info(stream)
         raw = None if info is None else (info["config"].get("metadata") or {}).get(TOPIC_KEY)
         if raw is None or info is None:
             raise UnknownTopic(topic)
@@ -136,33 +134,29 @@ class NatsTopics:
             return cached[0]
         return (await self.topic_spec(topic))[0]
 
-    async def subscribe(self, spec: SubscriptionSpec) -> None:
+    async def check_subscription(self, spec: SubscriptionSpec) -> None:
+        """``ConfigError`` for an invalid pattern, ``UnknownTopic`` for a topic never declared:
+        before a subscription's queue is made."""
         Router.of(spec)  # an invalid pattern fails here, before anything is made
         await self.topic_spec(spec.topic)
-        await self.b.declare_queue(spec.queue, subscription=spec)
 
     # -- publish ---------------------------------------------------------------------------
     async def publish(self, topic: str, messages: Sequence[Message]) -> list[bool]:
         spec = await self._spec(topic)
         check_publish(spec, messages)
         stream, base, delayed = self.names(topic)
-        now = self.b.clock.time()
+        now = self.client.clock.time()
         items = []
         for m in messages:
             subject = base if m.subject is None else f"{base}.{m.subject}"
-            headers = {"Nats-Expected-Stream": stream}
-            encoded = _enc_headers(m.headers)
-            if encoded:
-                headers[H_HEADERS] = encoded
-            if m.dedup_id is not None:
-                headers["Nats-Msg-Id"] = _msg_id(m.dedup_id)
+            headers = message_headers(m.headers, m.dedup_id, {"Nats-Expected-Stream": stream})
             if m.delay_s > 0:
                 headers[H_ENQUEUED] = repr(now)
-                headers["Nats-Schedule"] = _at(now + m.delay_s)
+                headers["Nats-Schedule"] = schedule_at(now + m.delay_s)
                 headers["Nats-Schedule-Target"] = subject
                 subject = f"{delayed}.{secrets.token_hex(10)}"
             items.append((subject, m.body, headers))
-        return [not ack.get("duplicate", False) for ack in await self.b._publish_all(items)]
+        return [not ack.get("duplicate", False) for ack in await self.client.publish_all(items)]
 
     # -- filtering on receive ----------------------------------------------------------------
     def admit(self, sub: SubscriptionSpec, router: Router, body: bytes, first: bool) -> bool:
@@ -189,7 +183,7 @@ class NatsTopics:
             return
         self._flushed_at = time.monotonic()
         pending, self._pending = self._pending, {}
-        kv = self.b.kv
+        kv = self.kv
         for (topic, name), add in pending.items():
             key = f"{COUNTS_PREFIX}{topic}/{name}"
             while True:
@@ -206,10 +200,10 @@ class NatsTopics:
     # -- listing ---------------------------------------------------------------------------
     async def topics(self) -> list[TopicInfo]:
         await self.flush(force=True)
-        ns = self.b.namespace
+        ns = self.client.namespace
         topics: dict[str, tuple[TopicSpec, int]] = {}
         subs: dict[str, list[SubscriptionSpec]] = {}
-        for info in await self.b._list_streams(f"swell.{ns}.>"):
+        for info in await self.client.list_streams(f"swell.{ns}.>"):
             meta = info["config"].get("metadata") or {}
             if TOPIC_KEY in meta:
                 spec = msgspec.json.decode(meta[TOPIC_KEY], type=TopicSpec)
@@ -218,7 +212,7 @@ class NatsTopics:
                 sub = msgspec.json.decode(meta[SUBSCRIPTION_KEY], type=SubscriptionSpec)
                 subs.setdefault(sub.topic, []).append(sub)
         counts = {e.key[len(COUNTS_PREFIX):]: msgspec.msgpack.decode(e.value, type=_Counts)
-                  for e in await self.b.kv.scan(COUNTS_PREFIX)}
+                  for e in await self.kv.scan(COUNTS_PREFIX)}
         out = []
         for name in sorted(topics):
             spec, published = topics[name]

@@ -1,5 +1,6 @@
 """Build events and put them where they go: sent to a queue, published to a topic or appended to
-a stream. Used by ``Context.publish``, ``App.publish``, the runtime and ``swell send``.
+a stream. Used by ``Context.publish``, ``swell.Client``, the runtime, the patterns and
+``swell send``.
 
 A target is a declared ``Queue``, ``Topic`` or ``Stream``, or its name; every caller takes the
 same. A name is looked up in what the producer knows, then tried as a queue (the common case,
@@ -11,19 +12,31 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
-from swell.brokers.base import Broker, Message
+from swell.brokers.base import Broker, Message, QueueSpec, StreamSpec, TopicSpec
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import ConfigError, PayloadError, UnknownQueue
 from swell.core.event import RESERVED_ATTRIBUTES, Event
-from swell.runtime.app import Queue, Stream, Topic
 
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 _LISTED = 8  # names listed per kind in an UnknownTarget
 
 Kind = Literal["queue", "topic", "stream"]
-Target: TypeAlias = "Queue | Topic | Stream | str"
+
+
+class Declared(Protocol):
+    """A declared queue, topic or stream (an app's ``Queue``, ``Topic`` or ``Stream``): its
+    spec says which."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> QueueSpec | TopicSpec | StreamSpec: ...
+
+
+Target: TypeAlias = "Declared | str"
 """Where an event goes: a declared queue, topic or stream, or its name."""
 Put = Callable[[str, Sequence[Message]], Awaitable[list[bool]]]
 
@@ -43,7 +56,7 @@ def target_name(target: Target) -> str:
     """The name of a target (a declared object, or already a name)."""
     if isinstance(target, str):
         return target
-    if isinstance(target, Queue | Topic | Stream):
+    if isinstance(getattr(target, "spec", None), QueueSpec | TopicSpec | StreamSpec):
         return target.name
     raise ConfigError(f"an event goes to a queue, topic or stream (or its name), not {target!r}")
 
@@ -85,12 +98,13 @@ class Producer:
 
     # -- where a name goes ---------------------------------------------------------------------
     def _known(self, target: Target) -> tuple[str, Kind | None]:
-        if isinstance(target, Topic):
-            return target.name, "topic"
-        if isinstance(target, Stream):
-            return target.name, "stream"
-        if isinstance(target, Queue):
-            return target.name, "queue"
+        spec = getattr(target, "spec", None)
+        if isinstance(spec, TopicSpec):
+            return target_name(target), "topic"
+        if isinstance(spec, StreamSpec):
+            return target_name(target), "stream"
+        if isinstance(spec, QueueSpec):
+            return target_name(target), "queue"
         name = target_name(target)
         return name, ("topic" if name in self.topics else "stream" if name in self.streams
                       else None)

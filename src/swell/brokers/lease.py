@@ -1,0 +1,69 @@
+"""A lease in the kv store: one holder at a time of a key with a TTL (the outbox relay of an app,
+a partition of a consumer group, and soon a schedule).
+
+It is taken only when the key is free (``put_if_absent``), renewed by a compare-and-set on the
+revision it holds (so a holder that lost it, its entry expired and taken by another, learns so and
+never overwrites the new holder), and given up by deleting that revision. A holder that dies lets
+it run out within its TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from swell.brokers.base import KV
+from swell.core.clock import Clock
+from swell.core.errors import SwellError
+
+__all__ = ["Lease"]
+
+log = logging.getLogger("swell.lease")
+
+
+class Lease:
+    """``key`` held by ``owner`` for ``ttl_s`` at a time; ``hold()`` takes or renews it."""
+
+    def __init__(self, kv: KV, key: str, owner: str, clock: Clock, *, ttl_s: float) -> None:
+        self.kv = kv
+        self.key = key
+        self.owner = owner.encode()
+        self.clock = clock
+        self.ttl_s = ttl_s
+        self.revision: int | None = None
+        self.renewed = 0.0
+
+    @property
+    def held(self) -> bool:
+        return self.revision is not None
+
+    async def take(self) -> bool:
+        """Take the lease if the key is free."""
+        self.revision = await self.kv.put_if_absent(self.key, self.owner, ttl_s=self.ttl_s)
+        self.renewed = self.clock.monotonic()
+        return self.revision is not None
+
+    async def renew(self) -> bool:
+        """Renew the lease held; ``False`` if it was lost meanwhile."""
+        if self.revision is not None:
+            self.revision = await self.kv.compare_and_set(self.key, self.owner, self.revision,
+                                                          ttl_s=self.ttl_s)
+            self.renewed = self.clock.monotonic()
+        return self.revision is not None
+
+    async def hold(self) -> bool:
+        """Hold the lease: renewed once a third of its TTL has passed, taken again if lost."""
+        if self.revision is not None:
+            if self.clock.monotonic() - self.renewed < self.ttl_s / 3:
+                return True
+            if await self.renew():
+                return True
+        return await self.take()
+
+    async def release(self) -> None:
+        """Give the lease up (a failure is logged: it runs out on its own)."""
+        if self.revision is not None:
+            revision, self.revision = self.revision, None
+            try:
+                await self.kv.delete(self.key, revision)
+            except SwellError as exc:
+                log.debug("could not give up the lease %s: %s", self.key, exc)

@@ -1,0 +1,88 @@
+"""``swell status`` and ``swell nodes``: the running functions and the nodes that run them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+from rich.console import Group
+from rich.table import Table
+
+from swell.cli.base import broker_option, command, console, show, with_broker
+from swell.render import age, hot_keys, natural_width, row_lines
+from swell.runtime.status import FunctionView, read_functions, read_nodes
+
+
+def _f(x: float | None, fmt: str = "{:,.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:,.1f} ms"
+
+
+@click.command()
+@broker_option
+@command
+async def status(broker_url: str | None) -> None:
+    """Per running function: its signals and its controller's decision, and why."""
+    rows = await with_broker(broker_url, read_functions)
+    if not rows:
+        console.print("no function is running on this broker (start one with: swell run APP)")
+        return
+    table = _table(rows)
+    wide = natural_width(table) <= console.width  # else each function's signals in its block
+    if wide:
+        show(table)
+    for i, f in enumerate(rows):
+        cold = f.signals.cold_starts
+        split = ", ".join(f"{n.node} {n.share}" + (" (leads)" if n.leads else "") for n in f.nodes)
+        console.print(f"[bold]{f.name}[/] ({f.mode}, {f.controller}"
+                      f"{f', {cold} cold starts' if cold else ''}): {f.desired} unit(s) — "
+                      f"{f.reason}", highlight=False)
+        if not wide:
+            console.print(Group(*row_lines(table, i, console.width)), highlight=False)
+        console.print(f"  [dim]on {len(f.nodes)} node(s): {split}[/]", highlight=False)
+        if f.group:
+            parts = "; ".join(f"{n.node} {list(n.partitions)}" for n in f.nodes)
+            console.print(f"  group {f.group}: lag per partition {list(f.lags)}; partitions: "
+                          f"{parts}", highlight=False)
+            hot = f.hot_keys()
+            if hot:
+                console.print("  hot keys: " + hot_keys(hot), highlight=False)
+
+
+def _table(rows: list[FunctionView]) -> Table:
+    table = Table(title="functions", title_justify="left", header_style="bold")
+    for col in ("function", "ready", "in flight", "oldest", "in/s", "out/s", "p99", "errors",
+                "throttled", "units", "nodes"):
+        table.add_column(col, justify="left" if col == "function" else "right")
+    for f in rows:
+        s = f.signals
+        ready = _f(s.depth, "{:,}") + (f" +{s.delayed:,}" if s.delayed else "")
+        units = f"{s.ready}" + (f"+{s.starting}" if s.starting else "")
+        table.add_row(
+            f.name, ready, f"{s.in_flight:,}", age(s.oldest_age_s or 0.0), _f(s.arrival_rate),
+            _f(s.completion_rate), _ms(s.service_p99_s), f"{s.error_rate:.1%}",
+            f"{s.throttle_rate:.1%}", units, f"{len(f.nodes)}")
+    return table
+
+
+@click.command()
+@broker_option
+@command
+async def nodes(broker_url: str | None) -> None:
+    """The live runtime nodes on this broker: their heartbeats and their share of each function."""
+    rows = await with_broker(broker_url, read_nodes)
+    if not rows:
+        console.print("no node is running on this broker (start one with: swell run APP)")
+        return
+    now = datetime.now(UTC).timestamp()
+    table = Table(title=f"nodes: {len(rows)}", title_justify="left", header_style="bold")
+    for col in ("node", "app", "host", "pid", "up", "last beat", "in flight", "units"):
+        table.add_column(col, justify="left" if col in ("node", "app", "host", "units") else "right")
+    for n in rows:
+        units = ", ".join(f"{fn} {k}" for fn, k in n.functions.items())
+        table.add_row(n.node, n.app, n.host, str(n.pid), age(now - n.started),
+                      f"{max(0.0, now - n.seen):.1f}s ago", f"{n.in_flight:,}", units)
+    show(table)

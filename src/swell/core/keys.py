@@ -1,0 +1,94 @@
+"""The kv key layout: every key swell keeps in a broker's kv store, in one place.
+
+Keys are ``/``-separated paths under ``swell/``; a prefix ends with ``/`` so that a scan by it
+never catches a longer name (``swell/nodes/shop/`` is not ``swell/nodes/shop2/``).
+
+=================================================  ============================================
+key                                                what it holds
+=================================================  ============================================
+``swell/nodes/<app>/<node>``                       a node's heartbeat (TTL)
+``swell/status/<app>/<function>/<node>``           a function's status on one node (TTL)
+``swell/groups/<stream>/<group>/offsets/<p>``      a consumer group's committed offset
+``swell/groups/<stream>/<group>/assignment``       which node works which partitions
+``swell/groups/<stream>/<group>/owner/<p>``        a partition's owner lease (TTL)
+``swell/idem/<function>/<key>``                    an idempotency record
+``swell/sagas/<saga>/<id>``                        a saga's log
+``swell/replays/<stream>/<group>/<id>/...``        a replay's range and progress
+``swell/limiter/<name>``                           a shared limiter's state
+``swell/outbox/<app>``                             the outbox relay's lease (TTL)
+``swell/topic-counts/<topic>``                     a topic's publish counters (NATS)
+=================================================  ============================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GROUPS", "IDEMPOTENCY", "LIMITERS", "NODES", "OUTBOX", "REPLAYS", "SAGAS", "STATUS",
+    "TOPIC_COUNTS", "group", "group_offsets", "idempotency", "limiter", "node", "nodes",
+    "outbox_lease", "replay", "saga", "sagas", "status", "statuses",
+]
+
+NODES = "swell/nodes/"
+STATUS = "swell/status/"
+GROUPS = "swell/groups/"
+IDEMPOTENCY = "swell/idem/"
+SAGAS = "swell/sagas/"
+REPLAYS = "swell/replays/"
+LIMITERS = "swell/limiter/"
+OUTBOX = "swell/outbox/"
+TOPIC_COUNTS = "swell/topic-counts/"
+
+
+def nodes(app: str) -> str:
+    """The prefix of an app's heartbeats."""
+    return f"{NODES}{app}/"
+
+
+def node(app: str, node_id: str) -> str:
+    return f"{NODES}{app}/{node_id}"
+
+
+def statuses(app: str) -> str:
+    """The prefix of an app's status records."""
+    return f"{STATUS}{app}/"
+
+
+def status(app: str, function: str, node_id: str) -> str:
+    return f"{STATUS}{app}/{function}/{node_id}"
+
+
+def group(stream: str, group_name: str) -> str:
+    """The prefix of a consumer group's keys."""
+    return f"{GROUPS}{stream}/{group_name}/"
+
+
+def group_offsets(stream: str, group_name: str) -> str:
+    """The prefix of a consumer group's committed offsets (one key per partition)."""
+    return f"{GROUPS}{stream}/{group_name}/offsets/"
+
+
+def idempotency(function: str) -> str:
+    """The prefix of a function's idempotency records."""
+    return f"{IDEMPOTENCY}{function}/"
+
+
+def sagas(saga_name: str | None = None) -> str:
+    """The prefix of one saga's logs, or of every saga's."""
+    return SAGAS if saga_name is None else f"{SAGAS}{saga_name}/"
+
+
+def saga(saga_name: str, saga_id: str) -> str:
+    return f"{SAGAS}{saga_name}/{saga_id}"
+
+
+def replay(stream: str, group_name: str, replay_id: str) -> str:
+    """The prefix of one replay's keys."""
+    return f"{REPLAYS}{stream}/{group_name}/{replay_id}/"
+
+
+def limiter(name: str) -> str:
+    return f"{LIMITERS}{name}"
+
+
+def outbox_lease(app: str) -> str:
+    return f"{OUTBOX}{app}"
