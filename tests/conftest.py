@@ -1,4 +1,4 @@
-"""Fixtures shared by every test folder: servers the tests start themselves (see servers.py)."""
+"""Fixtures shared by every test folder: servers the tests start themselves (see support/servers.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from servers import NatsCluster, NatsProcess, missing_server, nats_server_binary
+from support.servers import NatsCluster, NatsProcess, missing_server, nats_server_binary
+from support.swellprocs import Swell
 from swell.brokers.memory import MemoryBroker
-from swellprocs import Swell
 
 
 def _nats_binary() -> str:
@@ -67,7 +67,7 @@ async def broker() -> AsyncIterator[MemoryBroker]:
 
 @pytest.fixture
 def swell(tmp_path: Path) -> Iterator[Swell]:
-    """``swell run`` processes on a SQLite file in ``tmp_path`` (see swellprocs.py); whatever is
+    """``swell run`` processes on a SQLite file in ``tmp_path`` (see support/swellprocs.py); whatever is
     still running is killed afterwards, and every process's log printed."""
     s = Swell(tmp_path)
     try:
@@ -82,7 +82,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
     matrix = sys.modules.get("test_matrix") or sys.modules.get("runtime.test_matrix")
     lines: list[str] = getattr(matrix, "RESULTS", [])
-    if lines:
+    if matrix is not None and lines:
         terminalreporter.section("delivery matrix: drain time per cell")
         for line in [matrix.HEADER, *lines]:
             terminalreporter.write_line(line)

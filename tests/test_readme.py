@@ -103,8 +103,8 @@ async def test_the_topic_examples_event_matches_its_own_filter() -> None:
 
     from swell.brokers.base import Message
     from swell.brokers.memory import MemoryBroker
-    from swell.runtime.app import declare
     from swell.brokers.producer import Producer
+    from swell.runtime.app import declare
 
     app_block = next(b for b in PYTHON if b.file == "order_events.py")
     (send,) = [shlex.split(c) for b in RUN if b.section == app_block.section and b.lang == "bash"

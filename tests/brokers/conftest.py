@@ -23,7 +23,6 @@ of a second of margin on each side, and the whole NATS run takes under a minute.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +32,8 @@ from typing import Any
 
 import pytest
 
-from servers import missing_server
+from support.conformance import Declare, Timing
+from support.servers import missing_server
 from swell.brokers.base import (
     KV,
     Broker,
@@ -48,7 +48,6 @@ from swell.core.clock import Clock, ManualClock, RealClock
 from swell.core.errors import MissingDependency
 
 BrokerFactory = Callable[[Clock, Path, Any], Awaitable[Closable]]
-Declare = Callable[..., Awaitable[QueueSpec]]
 
 #: the capabilities a backend can have
 QUEUES, TOPICS, LOGS, KV_STORE = "queues", "topics", "logs", "kv"
@@ -75,31 +74,6 @@ class Backend:
     capabilities: frozenset[str] = EVERY
     server: str | None = None
     unit_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Timing:
-    """How a test moves time on one backend."""
-
-    clock: Clock
-    unit_s: float  # seconds in one test time unit
-    eps_s: float  # how far a timestamp may be from the value the test expects
-    grace_s: float  # how long a receive waits for what the server makes due (0: not at all)
-
-    def s(self, units: float) -> float:
-        """``units`` of test time, in seconds."""
-        return units * self.unit_s
-
-    def now(self) -> float:
-        return self.clock.time()
-
-    async def advance(self, units: float) -> None:
-        """Let ``units`` of test time pass: move the manual clock, or sleep for real."""
-        if isinstance(self.clock, ManualClock):
-            self.clock.advance(units * self.unit_s)
-            await asyncio.sleep(0)
-        else:
-            await asyncio.sleep(units * self.unit_s)
 
 
 # -- memory and sqlite --------------------------------------------------------------------------

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
+from support.conformance import Declare, Timing
 from swell.brokers.base import (
     DLQ_HEADERS,
     H_AT,
@@ -35,10 +36,6 @@ from swell.brokers.base import (
 )
 from swell.core.errors import MessageTooLarge, UnknownQueue
 
-if TYPE_CHECKING:
-    from conftest import Timing  # the fixture's type; pytest imports conftest itself
-
-Declare = Callable[..., Awaitable[QueueSpec]]
 T = TypeVar("T")
 
 

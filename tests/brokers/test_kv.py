@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
+from support.conformance import Timing
 from swell.brokers.base import KV
-
-if TYPE_CHECKING:
-    from conftest import Timing  # the fixture's type; pytest imports conftest itself
 
 
 async def test_put_get_and_revisions_grow(kv: KV) -> None:

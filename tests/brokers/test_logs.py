@@ -8,16 +8,13 @@ only rely on "the next record is read from ``offset + 1``"."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import pytest
 
+from support.conformance import Timing
 from swell.brokers.base import KV, LogBroker, Message, Record, StreamSpec, partition_of
 from swell.brokers.logs import commit, committed
 from swell.core.errors import ConfigError, MessageTooLarge, UnknownStream
-
-if TYPE_CHECKING:
-    from conftest import Timing
 
 
 def rec(key: str | None, n: int) -> Message:

@@ -24,7 +24,7 @@ from swell.brokers.url import open_broker
 from swell.core.errors import BrokerUnavailable, ConfigError, MissingDependency
 
 if TYPE_CHECKING:
-    from servers import NatsProcess
+    from support.servers import NatsProcess
     from swell.brokers.nats import NatsBroker
 
 if os.environ.get("CI", "").strip().lower() == "true":

@@ -31,11 +31,11 @@ from typing import Any
 
 import pytest
 
-from servers import NatsCluster, NatsNode, http_json
+from support.servers import NatsCluster, NatsNode, http_json
+from support.swellprocs import complete_lines
 from swell import Producer
 from swell.brokers.base import QueueSpec
 from swell.core.errors import SwellError
-from swellprocs import complete_lines
 
 if os.environ.get("CI", "").strip().lower() != "true":
     pytest.importorskip("nats", reason="nats-py is not installed: pip install 'swell[nats]'")

@@ -3,15 +3,8 @@ every function's queue each tick in one call)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
-from swell.brokers.base import Message, QueueBroker, QueueSpec
-
-if TYPE_CHECKING:
-    from conftest import Timing  # the fixture's type; pytest imports conftest itself
-
-Declare = Callable[..., Awaitable[QueueSpec]]
+from support.conformance import Declare, Timing
+from swell.brokers.base import Message, QueueBroker
 
 
 async def test_stats_many_is_stats_of_each(queues: QueueBroker, declare: Declare,

@@ -8,17 +8,15 @@ the filter kept out only once the subscription's consumer has looked at it (NATS
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import pytest
 
+from support.conformance import Timing
 from swell.brokers.base import Delivery, Message, QueueSpec, SubscriptionSpec, TopicBroker, TopicSpec
 from swell.core.errors import MessageTooLarge, PayloadError, UnknownTopic
 from swell.core.filters import Pattern, PatternError
-
-if TYPE_CHECKING:
-    from conftest import Timing
 
 
 def event(n: int, subject: str | None = None, **data: Any) -> Message:

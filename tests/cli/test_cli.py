@@ -15,7 +15,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from servers import free_port
+from support.servers import free_port
 from swell import App, Event, QueueStats, Runtime
 from swell.brokers.sqlite import SqliteBroker
 

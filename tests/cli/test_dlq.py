@@ -14,9 +14,9 @@ import pytest
 
 from swell import App, Event
 from swell.brokers.base import Message
+from swell.brokers.producer import Producer
 from swell.brokers.sqlite import SqliteBroker
 from swell.runtime.app import declare
-from swell.brokers.producer import Producer
 
 pytestmark = pytest.mark.slow
 

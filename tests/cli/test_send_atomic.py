@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sendcli import SendCli, broker_url, one_line_error
+from support.sendcli import SendCli, broker_url, one_line_error
 from swell.brokers.base import Message
 from swell.brokers.url import open_broker
 from swell.core.errors import BrokerUnavailable, SwellError

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from eventually import until
-from sendcli import SendCli, broker_url, one_line_error
+from support.eventually import until
+from support.sendcli import SendCli, broker_url, one_line_error
 from swell import App, Event, Runtime
 from swell.brokers.base import Message
 from swell.brokers.url import open_broker

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from swell.brokers.base import Message
-from swell.brokers.sqlite import SqliteBroker
 from swell.brokers.producer import Producer
+from swell.brokers.sqlite import SqliteBroker
 
 pytestmark = pytest.mark.slow
 

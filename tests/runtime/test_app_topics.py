@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from eventually import until
+from support.eventually import until
 from swell import App, AppError, Context, Event, PatternError, PayloadError, Runtime
 from swell.brokers.memory import MemoryBroker
 

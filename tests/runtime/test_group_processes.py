@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from swellprocs import EXIT_S, AppConfig, Swell, wait_for
+from support.swellprocs import EXIT_S, AppConfig, Swell, wait_for
 
 pytestmark = pytest.mark.slow
 

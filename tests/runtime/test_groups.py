@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventually import until
+from support.eventually import until
 from swell import App, Event, Retry, Runtime
 from swell.brokers.base import Message
 from swell.brokers.logs import committed
-from swell.runtime.groups import assign
+from swell.runtime.groups import GroupDispatcher, assign
 
 
 def events(n: int, keys: int) -> list[Message]:
@@ -131,7 +131,9 @@ async def test_two_runtimes_split_the_partitions(tmp_path: Path, partitions: int
     url = f"sqlite:///{tmp_path / 's.db'}"
 
     def owned(rt: Runtime) -> set[int]:
-        return set(rt.functions["h"].dispatcher.partitions)  # type: ignore[union-attr]
+        d = rt.functions["h"].dispatcher
+        assert isinstance(d, GroupDispatcher)
+        return set(d.partitions)
 
     async with Runtime(app, url, tick_s=0.1) as a:
         await a.broker.append("s", events(200, 40))
@@ -160,7 +162,8 @@ async def test_a_node_with_no_unit_holds_no_partition(tmp_path: Path) -> None:
 
     def state(rt: Runtime) -> tuple[int, set[int]]:
         d = rt.functions["h"].dispatcher
-        return d.limit, set(d.partitions)  # type: ignore[union-attr]
+        assert isinstance(d, GroupDispatcher)
+        return d.limit, set(d.partitions)
 
     async with Runtime(app, url, tick_s=0.1) as a, Runtime(app, url, tick_s=0.1) as b:
         await a.broker.append("s", events(200, 40))

@@ -10,32 +10,22 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import pydantic
 import pytest
 
-from eventually import until
+from support.eventually import until
+from support.running import running
+from support.swellprocs import complete_lines
 from swell import App, AppError, Context, Retry, Runtime
 from swell.brokers.base import H_ERROR
 from swell.brokers.memory import MemoryBroker
 from swell.runtime.handler import Handler
 from swell.runtime.process import ProcessExecutor
-from swellprocs import complete_lines
 
 APPS = Path(__file__).parent / "apps"
-
-
-@asynccontextmanager
-async def running(app: App, broker: MemoryBroker) -> AsyncIterator[Runtime]:
-    rt = Runtime(app, broker)
-    await rt.start()
-    try:
-        yield rt
-    finally:
-        await rt.stop(5.0)
 
 
 def plain(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -18,10 +18,10 @@ import pytest
 
 from swell import App
 from swell.brokers.memory import MemoryBroker
+from swell.brokers.producer import Producer
 from swell.core.clock import ManualClock
 from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import InlineExecutor
-from swell.brokers.producer import Producer
 
 LEASE_S = 10.0
 

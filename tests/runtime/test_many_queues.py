@@ -17,13 +17,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from support.swellprocs import AppConfig, Swell, complete_lines
 from swell import App, Producer, open_broker
 from swell.brokers.base import Broker, QueueStats
 from swell.brokers.memory import MemoryBroker
 from swell.core.clock import ManualClock
 from swell.runtime.cluster import NODES_PREFIX, STATUS_PREFIX, NodeInfo
 from swell.runtime.runtime import REST_TICKS, Runtime
-from swellprocs import AppConfig, Swell, complete_lines
 
 APP = Path(__file__).parent / "apps" / "many_queues_app.py"
 CONFIG = AppConfig(visibility_s=30, max_receives=5, sleep_s=0, concurrency="auto")  # (unused)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from support.swellprocs import QUEUE, AppConfig, Swell, wait_for
 from swell import Broker, Producer
-from swellprocs import QUEUE, AppConfig, Swell, wait_for
 
 APP = Path(__file__).parent / "apps" / "matrix_app.py"
 VISIBILITY_S = 10.0

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.swellprocs import AppConfig, Swell, tally, wait_for
 from swell import App, Runtime
 from swell.brokers.memory import MemoryBroker
 from swell.core.clock import ManualClock
 from swell.runtime.cluster import NODES_PREFIX, ClusterView, NodeInfo, leader, share
 from swell.scaling.signals import Observation
-from swellprocs import AppConfig, Swell, tally, wait_for
 
 # -- the split and the merge --------------------------------------------------------------------
 
@@ -55,12 +55,12 @@ def test_merged_counters_stay_monotonic_as_peers_come_and_go() -> None:
     seen = [view.merge(obs(1, 100, 2), {})]
     seen.append(view.merge(obs(2, 110, 2), {"b": obs(1.5, 5000, 3, (0.1,))}))  # b joins: baseline
     assert (seen[-1].finished, seen[-1].in_flight) == (110, 5)
-    assert seen[-1].service_times_s == ()
+    assert not seen[-1].service_times_s
     seen.append(view.merge(obs(3, 120, 1), {"b": obs(2.5, 5040, 4, (0.2, 0.3))}))
     assert (seen[-1].finished, seen[-1].in_flight, seen[-1].current) == (120 + 40, 5, 5)
     assert seen[-1].service_times_s == (0.2, 0.3)
     seen.append(view.merge(obs(4, 130, 1), {"b": obs(2.5, 5040, 4, (0.2, 0.3))}))  # b's same reading
-    assert seen[-1].finished == 130 + 40 and seen[-1].service_times_s == ()
+    assert seen[-1].finished == 130 + 40 and not seen[-1].service_times_s
     seen.append(view.merge(obs(5, 140, 1), {}))  # b leaves: what it did stays counted
     assert seen[-1].finished == 140 + 40 and seen[-1].in_flight == 1
     assert all(a.finished <= b.finished for a, b in pairwise(seen))

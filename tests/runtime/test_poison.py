@@ -14,7 +14,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from eventually import until
+from support.eventually import until
 from swell import App, Broker, Idempotency, Message, Runtime
 from swell.brokers.base import H_ERROR, H_REASON, QueueSpec
 from swell.brokers.memory import MemoryBroker

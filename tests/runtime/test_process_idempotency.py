@@ -41,7 +41,7 @@ async def _settled(rt: Runtime, queue: str, bound_s: float = 30) -> None:
 @pytest.mark.parametrize("queue", ["blocks_async", "blocks_sync"])
 async def test_an_idempotent_block_runs_once_per_key_in_a_worker(
         sink: Path, tmp_path: Path, queue: str) -> None:
-    from idem_process_app import app
+    from idem_process_app import app  # type: ignore[import-not-found]  # on sys.path by `sink`
 
     async with Runtime(app, f"sqlite:///{tmp_path}/p.db") as rt:
         first = await rt.send(queue, {"n": 1, "sink": str(sink)})

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from support.swellprocs import complete_lines
 from swell.runtime.process import ProcessExecutor
 from swell.runtime.runtime import Runtime
-from swellprocs import complete_lines
 
 pytestmark = pytest.mark.slow
 APPS = Path(__file__).parent / "apps"

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
+from support.swellprocs import EXIT_S, AppConfig, Swell, tally, wait_for
 from swell import QueueStats
-from swellprocs import EXIT_S, AppConfig, Swell, tally, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from eventually import until
+from support.eventually import until
 from swell import App, Context, Event, Runtime
 from swell.brokers.base import partition_of
 from swell.core.errors import AppError, ConfigError, UnknownQueue

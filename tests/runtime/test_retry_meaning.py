@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from eventually import until
+from support.eventually import until
 from swell import App, Retry, Runtime, Throttled
 from swell.brokers.base import Broker, Message
 from swell.brokers.memory import MemoryBroker
-from swell.runtime.app import declare
 from swell.brokers.producer import Producer
+from swell.runtime.app import declare
 from swell.runtime.replay import Replay
 
 RETRY = Retry(backoff=0.001, jitter=False)  # attempts=None

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,14 @@ import pytest
 from typing_extensions import TypedDict
 
 import swell
-from eventually import until
+from support.eventually import until
+from support.running import running
 from swell import App, AppError, Broker, ConfigError, Context, Event, Message, Retry, Runtime
 from swell.brokers.base import H_ATTEMPTS, H_ERROR, H_REASON, Delivery, Receipt
 from swell.brokers.memory import MemoryBroker
 from swell.brokers.sqlite import SqliteBroker
 from swell.core.config import seconds
+from swell.runtime.context import ContextBase, SyncContext
 
 
 class Order(pydantic.BaseModel):
@@ -61,16 +62,6 @@ async def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     b: Broker = MemoryBroker() if request.param == "memory" else SqliteBroker(str(tmp_path / "s.db"))
     yield b
     await b.close()
-
-
-@asynccontextmanager
-async def running(app: App, broker: Broker, grace_s: float = 5.0) -> AsyncIterator[Runtime]:
-    rt = Runtime(app, broker)
-    await rt.start()
-    try:
-        yield rt
-    finally:
-        await rt.stop(grace_s)
 
 
 
@@ -286,8 +277,10 @@ async def test_sync_handler_runs_in_a_thread_and_publishes_without_await(broker:
     @app.function("in")
     def handle(order: Order, ctx: Context) -> None:
         threads.append(threading.current_thread())
-        ctx.publish("out", {"charged": order.id})
-        ctx.extend(10)
+        given: ContextBase = ctx  # annotated Context, a plain def is given a SyncContext
+        assert isinstance(given, SyncContext)
+        given.publish("out", {"charged": order.id})
+        given.extend(10)
 
     async with running(app, broker) as rt:
         sent_id = await rt.send("in", {"id": "o-1", "amount": 1})

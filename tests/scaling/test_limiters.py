@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_bucket_rate_holds_over_a_long_run() -> None:
     assert 100 * 10 <= taken <= 100 * 10 + 20 + 1
 
 
-async def _drive(clock: ManualClock, until: asyncio.Future[None], step: float = 0.01) -> None:
+async def _drive(clock: ManualClock, until: asyncio.Future[Any], step: float = 0.01) -> None:
     # a real millisecond per step, so a backend's thread hops finish well inside a virtual step
     while not until.done():
         await asyncio.sleep(0.001)

@@ -50,6 +50,7 @@ from pathlib import Path
 import pytest
 
 from swell import App, Message, Runtime, Throttled
+from swell.runtime.dispatcher import Dispatcher
 from swell.scaling.auto import Auto
 from swell.scaling.sim import DRAINED, DT_S, Metrics, Shape, SimParams, parse_shape, simulate, summarize
 
@@ -248,6 +249,7 @@ async def run_real(times: Sequence[float], db: Path) -> RealRun:
         st = rt.functions[FUNCTION]
         assert isinstance(st.controller, Auto)
         disp = st.dispatcher
+        assert isinstance(disp, Dispatcher)  # a queue's: its buffer is read below
         down.start()
         loop = asyncio.get_running_loop()
 

@@ -9,18 +9,19 @@ run`` process that SIGKILLs itself as its relay marks rows sent."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
+from support.eventually import until
+from support.swellprocs import EXIT_S, READY_S, wait_for
 from swell import (
     App,
     AppError,
@@ -39,13 +40,15 @@ from swell.core.clock import ManualClock
 from swell.core.errors import BrokerUnavailable
 from swell.patterns.outbox import Relay, relay_once
 from swell.patterns.sinks import claim
-from swellprocs import EXIT_S, READY_S, wait_for
 
-APP_FILE = Path(__file__).parent / "apps_outbox" / "outbox_app.py"
+APP_FILE = Path(__file__).parent / "apps" / "outbox_app.py"
 
 
 class Crash(BaseException):
     """The process dies here: nothing after it runs, no handler catches it."""
+
+
+T = TypeVar("T")
 
 
 class Faulty(MemoryBroker):
@@ -60,7 +63,7 @@ class Faulty(MemoryBroker):
         self.refuse = 0
         self.calls = 0
 
-    async def _store(self, store: Callable[[], Any]) -> Any:
+    async def _store(self, store: Callable[[], Awaitable[T]]) -> T:
         self.calls += 1
         if self.refuse:
             self.refuse -= 1
@@ -73,13 +76,13 @@ class Faulty(MemoryBroker):
         return out
 
     async def send(self, queue: str, messages: Sequence[Message]) -> list[bool]:
-        return await self._store(lambda: super(Faulty, self).send(queue, messages))  # type: ignore[no-any-return]
+        return await self._store(lambda: super(Faulty, self).send(queue, messages))
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> list[bool]:
-        return await self._store(lambda: super(Faulty, self).publish(topic, messages))  # type: ignore[no-any-return]
+        return await self._store(lambda: super(Faulty, self).publish(topic, messages))
 
     async def append(self, stream: str, messages: Sequence[Message]) -> list[tuple[int, int]]:
-        return await self._store(lambda: super(Faulty, self).append(stream, messages))  # type: ignore[no-any-return]
+        return await self._store(lambda: super(Faulty, self).append(stream, messages))
 
 
 def make_app() -> App:
@@ -178,7 +181,7 @@ async def test_a_rolled_back_transaction_publishes_nothing(db: Path, tmp_path: P
     async with Runtime(app, f"sqlite:///{tmp_path / 'swell.db'}") as rt:
         place(app, db, ["o-1", "o-2"], commit=False)
         marker = place(app, db, ["o-3"])  # committed after: once it is out, the relay has run
-        await wait_until(lambda: queued_ids(rt.broker, "emails"), "the committed event")
+        await until(lambda: queued_ids(rt.broker, "emails"), "the committed event")
         assert await queued_ids(rt.broker, "emails") == marker
     conn = sqlite3.connect(db)
     try:
@@ -224,13 +227,13 @@ async def test_a_relay_killed_before_it_published_loses_nothing(db: Path, broker
     ids = place(app, db, [f"o-{i}" for i in range(10)])
     broker.hang = True
     async with Runtime(app, broker):
-        await wait_until(lambda: broker.calls, "the relay to start publishing")
+        await until(lambda: broker.calls, "the relay to start publishing")
     assert await queued_ids(broker, "emails") == []
     assert unsent(db) == 10
 
     broker.hang = False
     async with Runtime(app, broker) as rt:
-        await wait_until(lambda: unsent(db) == 0, "the rows to be sent")
+        await until(lambda: unsent(db) == 0, "the rows to be sent")
         assert await queued_ids(rt.broker, "emails") == ids
 
 
@@ -295,7 +298,7 @@ async def test_broker_failures_are_retried_and_nothing_is_skipped(db: Path,
     broker.refuse = 3  # the first three publishes fail: backoffs of 0.1, 0.2 and 0.4 s
     ids = place(app, db, [f"o-{i}" for i in range(7)])
     async with Runtime(app, broker) as rt:
-        await wait_until(lambda: unsent(db) == 0, "the rows to be sent")
+        await until(lambda: unsent(db) == 0, "the rows to be sent")
         assert await queued_ids(rt.broker, "emails") == ids
     assert broker.calls == 3 + 3  # three refused, then 3 + 3 + 1 rows in three calls
 
@@ -310,7 +313,7 @@ async def test_one_relay_per_app_at_a_time(db: Path, broker: Faulty) -> None:
         for i in range(10):
             ids += place(app, db, [f"o-{i}a", f"o-{i}b"], "clicks", key="k")
             await asyncio.sleep(0.01)
-        await wait_until(lambda: unsent(db) == 0, "the rows to be sent")
+        await until(lambda: unsent(db) == 0, "the rows to be sent")
         lease = await broker.kv.get("swell/outbox/shop")
         assert lease is not None
     records = [r for p in range(2) for r in await broker.read("clicks", p)]
@@ -396,18 +399,6 @@ def test_sigkill_between_publish_and_mark_loses_nothing_and_doubles_nothing(tmp_
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-async def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 10.0) -> None:
-    """Until ``check()`` (or what it returns, awaited) is truthy; fail after ``timeout_s``."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        got = check()
-        if inspect.isawaitable(got):
-            got = await got
-        if got:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def sent_emails(effects: Path) -> list[str]:
@@ -451,7 +442,7 @@ async def consume(app: App, broker: Broker, effects: Path) -> list[str]:
             raise RuntimeError("died before the ack")
 
     async with Runtime(consumer, broker):
-        await wait_until(lambda: _drained(broker), "the queue to drain")
+        await until(lambda: _drained(broker), "the queue to drain")
     return calls
 
 

@@ -12,12 +12,19 @@ from typing import Any
 
 import pytest
 
-from eventually import until
+from support.eventually import until
 from swell import App, Context, Event, Idempotency, IdempotencyConflict, Retry, Runtime
 from swell.brokers.memory import MemoryBroker
 from swell.core.clock import ManualClock
 from swell.core.errors import BrokerUnavailable
 from swell.patterns.idempotency import Busy, Done, IdempotencyStore, Started, fingerprint
+
+
+def order_id(event: Event[Any]) -> Any:
+    """The key these tests use: ``lambda e: e.data["order_id"]``, typed (``data`` may be None)."""
+    assert event.data is not None
+    return event.data["order_id"]
+
 
 # -- the store ----------------------------------------------------------------------------------
 
@@ -66,7 +73,7 @@ def orders_app(effects: list[Any], **fn: Any) -> App:
     app = App("idem")
     q = app.queue("orders", visibility_timeout=5)
 
-    @app.function(q, idempotency=Idempotency(key=lambda e: e.data["order_id"], ttl="1h"), **fn)
+    @app.function(q, idempotency=Idempotency(key=order_id, ttl="1h"), **fn)
     async def charge(data: dict[str, Any]) -> dict[str, Any]:
         if data.get("sleep"):
             await asyncio.sleep(data["sleep"])
@@ -195,7 +202,7 @@ async def test_two_thousand_events_each_sent_twice_have_one_effect_each(tmp_path
     app = App("twice")
     q = app.queue("orders")
 
-    @app.function(q, idempotency=Idempotency(key=lambda e: e.data["order_id"]))
+    @app.function(q, idempotency=Idempotency(key=order_id))
     def charge(data: dict[str, Any]) -> None:  # a plain effect: a line in a file
         with effect_file.open("a") as f:
             f.write(f"{data['order_id']}\n")
@@ -234,7 +241,7 @@ async def test_a_consumer_group_function_honours_its_idempotency_key() -> None:
     s = app.stream("s", partitions=2)
     effects: list[str] = []
 
-    @app.function(s.group("g"), idempotency=Idempotency(key=lambda e: e.data["order_id"]))
+    @app.function(s.group("g"), idempotency=Idempotency(key=order_id))
     async def h(data: dict[str, str]) -> None:
         effects.append(data["order_id"])
 

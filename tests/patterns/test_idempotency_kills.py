@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from swell import Producer
-from swellprocs import EXIT_S, AppConfig, Swell, wait_for
+from support.swellprocs import EXIT_S, AppConfig, Swell, wait_for
+from swell import Broker, Producer
 
 pytestmark = pytest.mark.slow
 
-APP = Path(__file__).parent / "apps_idem" / "ledger_app.py"
+APP = Path(__file__).parent / "apps" / "ledger_app.py"
 CONFIG = AppConfig(visibility_s=2, max_receives=0, sleep_s=0, concurrency=8)
 
 
@@ -35,8 +35,8 @@ def test_sigkill_in_a_loop_leaves_exactly_one_ledger_row_per_payment(swell: Swel
     first = swell.start(CONFIG, app=APP)
     swell.wait_ready(first)
 
-    async def send(broker: object) -> None:
-        producer = Producer(broker, source="/tests/ledger")  # type: ignore[arg-type]
+    async def send(broker: Broker) -> None:
+        producer = Producer(broker, source="/tests/ledger")
         ids = [f"p-{i}" for i in range(n)]
         for batch in (ids, random.Random(7).sample(ids, n)):  # every payment twice, two events
             for k in range(0, n, 250):
@@ -44,7 +44,7 @@ def test_sigkill_in_a_loop_leaves_exactly_one_ledger_row_per_payment(swell: Swel
                     producer.event("payments", {"payment_id": p, "amount": 1.0})
                     for p in batch[k:k + 250]])
 
-    swell._run(send)  # type: ignore[arg-type]
+    swell._run(send)
     rng = random.Random(11)
     kills, proc = 0, first
     while True:

@@ -18,8 +18,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,12 +26,13 @@ from typing import Any
 import pydantic
 import pytest
 
-from eventually import until
-from swell import App, AppError, Broker, Context, PayloadError, Retry, Runtime
+from support.eventually import until
+from support.running import running
+from support.swellprocs import EXIT_S, Swell
+from swell import App, AppError, Broker, Context, PayloadError, Retry
 from swell.brokers.memory import MemoryBroker
 from swell.brokers.sqlite import SqliteBroker
 from swell.patterns.sagas import SagaContext, SagaError, SagaLog, admin
-from swellprocs import EXIT_S, Swell
 
 FAST = Retry(attempts=2, backoff=0.01, jitter=False)
 STEPS = ("reserve", "ship", "charge")
@@ -106,16 +105,6 @@ async def reaches(broker: Broker, saga_id: str, state: str, timeout_s: float = 8
         raise AssertionError(f"saga {saga_id} is {lg.state}, not {state}:\n" + "\n".join(
             f"  {e.event} {e.step or ''} {e.reason or ''}" for e in lg.history)) from None
     return await log_of(broker, saga_id)
-
-
-@asynccontextmanager
-async def running(app: App, broker: Broker | str, grace_s: float = 5.0) -> AsyncIterator[Runtime]:
-    rt = Runtime(app, broker)
-    await rt.start()
-    try:
-        yield rt
-    finally:
-        await rt.stop(grace_s)
 
 
 def events(lg: SagaLog) -> list[tuple[str, str | None]]:
@@ -382,9 +371,9 @@ async def test_start_validates_the_data_and_is_idempotent_per_id(broker: MemoryB
 async def test_a_start_message_whose_log_was_never_written_writes_it(broker: MemoryBroker) -> None:
     """``start`` sends the first message before it writes the log: a starter that stops in
     between leaves a message from which the runner writes the log."""
+    from swell.brokers.producer import Producer
     from swell.patterns.sagas.log import new_log
     from swell.patterns.sagas.runner import send_wake
-    from swell.brokers.producer import Producer
 
     shop = Shop()
     async with running(shop.app, broker):
@@ -430,7 +419,10 @@ def cli(url: str, *args: str, user: str = "carol") -> subprocess.CompletedProces
 @pytest.mark.slow
 async def test_swell_saga_list_show_and_overrides(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'swell.db'}"
-    run = lambda *a, **kw: asyncio.to_thread(cli, url, *a, **kw)  # noqa: E731
+
+    async def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(cli, url, *args)
+
     shop = Shop()
     shop.fail = {"charge": 99}
     shop.fail_compensation = {"reserve"}
@@ -508,7 +500,7 @@ async def test_swell_saga_list_show_and_overrides(tmp_path: Path) -> None:
 
 
 # -- 500 sagas through a swell run that is SIGKILLed again and again -------------------------------------
-APP_FILE = Path(__file__).parent / "apps_sagas" / "shop_sagas.py"
+APP_FILE = Path(__file__).parent / "apps" / "shop_sagas.py"
 SAGAS = 500
 STEP_NAMES = ("reserve_money", "reserve_stock", "capture_payment")
 
@@ -565,7 +557,7 @@ def test_500_sagas_survive_random_sigkills_of_the_runtime(swell: Swell, tmp_path
     config = SagaEnv(ledger)
     orders = _orders(rng)
 
-    proc = swell.start(config, app=APP_FILE)  # type: ignore[arg-type]
+    proc = swell.start(config, app=APP_FILE)
     swell.wait_ready(proc)
 
     async def start_all() -> None:
@@ -591,7 +583,7 @@ def test_500_sagas_survive_random_sigkills_of_the_runtime(swell: Swell, tmp_path
         assert proc.wait(EXIT_S) == -signal.SIGKILL
         kills += 1
         unsettled_at_kills.append(SAGAS - sum(now[s] for s in settled))
-        proc = swell.start(config, app=APP_FILE)  # type: ignore[arg-type]
+        proc = swell.start(config, app=APP_FILE)
         swell.wait_ready(proc)
     deadline = time.monotonic() + 30
     while sum(states()[s] for s in settled) < SAGAS:

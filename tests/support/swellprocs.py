@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -24,12 +24,18 @@ from swell.runtime.runtime import FunctionStatus
 
 T = TypeVar("T")
 
-APP_FILE = Path(__file__).parent / "runtime" / "apps" / "sink_app.py"
+APP_FILE = Path(__file__).parent.parent / "runtime" / "apps" / "sink_app.py"
 QUEUE = "jobs"
 DLQ = "jobs.dlq"
 STEP_S = 0.05
 READY_S = 20.0   # a cold interpreter importing pydantic and rich on a busy CI box
 EXIT_S = 5.0
+
+
+class AppEnv(Protocol):
+    """What sets up the app ``start`` runs: its environment (``AppConfig`` for ``sink_app.py``)."""
+
+    def env(self, sink: Path) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class Swell:
         self._broker: Broker | None = None
 
     # -- processes -------------------------------------------------------------------------------
-    def start(self, config: AppConfig, *, grace: str = "30s",
+    def start(self, config: AppEnv, *, grace: str = "30s",
               app: Path = APP_FILE) -> subprocess.Popen[bytes]:
         log = self.dir / f"swell-{len(self.procs)}.log"
         with log.open("wb") as out:

@@ -1,4 +1,4 @@
-"""The app that ``tests/test_outbox.py`` runs under ``swell run``, configured by environment.
+"""The app that ``tests/patterns/test_outbox.py`` runs under ``swell run``, configured by environment.
 
 Its relay publishes the outbox of ``SWELL_TEST_DB`` to the queue ``emails``; its one function
 "sends" each e-mail by writing a row to ``SWELL_TEST_EFFECTS`` under a ``claim`` of the event id,
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from typing import Any
+from typing import Any, Self
 
 from swell import App, Context
 from swell.patterns.sinks import claim
@@ -29,7 +29,7 @@ emails = app.queue("emails", visibility_timeout=2, max_receives=20)
 
 
 class KillOnMark(sqlite3.Cursor):
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+    def execute(self, sql: str, parameters: Any = (), /) -> Self:
         if sql.startswith("UPDATE swell_outbox"):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().execute(sql, parameters)
