@@ -39,7 +39,7 @@ from swell.patterns.idempotency import Idempotency
 from swell.patterns.sagas import Saga, SagaContext
 from swell.runtime.app import App, Function, Group, Queue, Stream, Subscription, Topic
 from swell.runtime.client import Client
-from swell.runtime.context import Context
+from swell.runtime.context import Context, SyncContext
 from swell.runtime.runtime import Runtime
 from swell.scaling.auto import Auto
 from swell.scaling.base import Controller, Decision
@@ -94,6 +94,7 @@ __all__ = [
     "Subscription",
     "SubscriptionSpec",
     "SwellError",
+    "SyncContext",
     "Throttled",
     "Topic",
     "TopicSpec",

@@ -19,7 +19,7 @@ import pytest
 from support.eventually import until
 from support.running import running
 from support.swellprocs import complete_lines
-from swell import App, AppError, Context, Retry, Runtime
+from swell import App, AppError, Context, Retry, Runtime, SyncContext
 from swell.brokers.base import H_ERROR
 from swell.brokers.memory import MemoryBroker
 from swell.runtime.handler import Handler
@@ -61,6 +61,26 @@ async def test_an_async_handler_under_a_plain_decorator_runs(broker: MemoryBroke
         await until(lambda: got == [{"n": 1}], "the wrapped handler to run", 5)
         await until(lambda: _holds(broker, "in", 0), "the event to be acked", 5)
     assert (await broker.stats("out")).depth == 1
+
+
+async def test_a_plain_def_handler_may_ask_for_a_sync_context(broker: MemoryBroker) -> None:
+    app = App("t")
+    app.queue("in")
+    app.queue("out")
+    got: list[str] = []
+
+    @app.function("in")
+    def handle(data: dict[str, int], ctx: SyncContext) -> None:
+        got.append(ctx.publish("out", data))  # a plain call in a thread: no await
+
+    async with running(app, broker) as rt:
+        await rt.send("in", {"n": 1})
+        await until(lambda: len(got) == 1, "the sync handler to publish", 5)
+        await until(lambda: _holds(broker, "in", 0), "the event to be acked", 5)
+    assert (await broker.stats("out")).depth == 1
+    with pytest.raises(AppError, match="'async def' handler takes a Context, not a SyncContext"):
+        @app.function("out")
+        async def wrong(data: dict[str, int], ctx: SyncContext) -> None: ...
 
 
 async def test_an_async_callable_object_runs(broker: MemoryBroker) -> None:

@@ -16,7 +16,7 @@ from swell.core.codec import encode_json
 from swell.core.errors import AppError
 from swell.core.event import Event
 from swell.core.signature import name_of, parameters, validator
-from swell.runtime.context import Context, ContextBase
+from swell.runtime.context import Context, ContextBase, SyncContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,10 @@ class Handler:
         wants_event = wants_bytes = False
         adapter: pydantic.TypeAdapter[Any] | None = None
         for p, ann in parameters(fn, annotated=_annotated(fn)):
-            if ann is Context:
+            if ann is Context or ann is SyncContext:
+                if ann is SyncContext and is_async:
+                    raise AppError(f"{name}: an 'async def' handler takes a Context, not a "
+                                   "SyncContext (that is for a plain 'def' handler)")
                 context = p.name
             elif payload is None:
                 payload = p.name
