@@ -45,9 +45,10 @@ class Client:
         from swell.brokers.url import open_broker
         from swell.runtime.app import declare
 
-        broker = self._broker if self._broker is not None and not isinstance(
-            self._broker, str) else open_broker(self._broker)
-        owned = broker if broker is not self._broker else None
+        if self._broker is None or isinstance(self._broker, str):
+            broker = owned = open_broker(self._broker)
+        else:
+            broker, owned = self._broker, None
         try:
             await declare(self.app, broker)
         except BaseException:
