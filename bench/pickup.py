@@ -183,7 +183,7 @@ async def one(n_queues: int, args: argparse.Namespace, console: Console) -> Resu
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "swell", "run", str(d / "app.py"), "--broker", url,
-                "--metrics", "off", cwd=d, stdout=out, stderr=subprocess.STDOUT, env=env)
+                "--http", "off", cwd=d, stdout=out, stderr=subprocess.STDOUT, env=env)
         stop = asyncio.Event()
         try:
             while not started(log, proc):

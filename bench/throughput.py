@@ -55,7 +55,6 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import secrets
 import shutil
 import socket
@@ -77,6 +76,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from benchinfo import machine, source_state
 from swell import App, Producer, Runtime, open_broker
 
 PAD = "x" * 52  # json.dumps({"id": i, "ts": ..., "pad": PAD}) is ~100 bytes, as in the peer harness
@@ -908,31 +908,6 @@ def peers_table() -> Table:
             drain = FASTSTREAM_NATS_DRAIN if name == "faststream-nats-js" else None
             t.add_row(name, num(drain), f"{p99:.2f}")
     return t
-
-
-def machine() -> str:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}")
-
-
-def source_state() -> str:
-    """The commit measured, and whether src/ had uncommitted changes (the tree is shared)."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    changed = [line for line in dirty if line.strip()]
-    return f"{head}" + (f" + {len(changed)} uncommitted change(s) in src/" if changed else " (clean src/)")
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ async def _send_burst(runtime: Runtime, broker_url: str, events: int, console: C
 async def _drain(runtime: Runtime, console: Console, started: float) -> tuple[int, int, int]:
     """Show the counts live until the queue is empty; (succeeded, retried, dead-lettered)."""
     broker = runtime.broker
-    metrics = runtime.dispatchers["charge"].metrics
+    metrics = runtime.functions["charge"].dispatcher.metrics
     with Live(console=console, refresh_per_second=8) as live:
         while True:
             stats = await broker.stats(orders.name)

@@ -74,7 +74,7 @@ class SwellNodes:
         with (self.dir / f"{name}.log").open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "swell", "run", str(APP_FILE), "--broker", self.url,
-                 "--metrics", "off", "--grace", "5s"],
+                 "--http", "off", "--grace", "5s"],
                 cwd=self.dir, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "SWELL_TEST_SINK": str(self.dir / f"{name}.sink")})
         self.procs[name] = proc

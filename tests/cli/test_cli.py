@@ -364,7 +364,7 @@ def test_demo_drains_its_burst(swell: Swell) -> None:
 def test_run_on_an_unreachable_nats_server_is_a_clear_error(swell: Swell) -> None:
     url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
 
-    line = assert_one_line_error(swell("run", "app.py", "--broker", url, "--metrics", "off"))
+    line = assert_one_line_error(swell("run", "app.py", "--broker", url, "--http", "off"))
     assert "cannot reach NATS" in line and url in line
 
 
@@ -382,7 +382,7 @@ def test_run_on_a_stream_with_other_settings_is_a_clear_error(swell: Swell, nats
             await broker.close()
 
     asyncio.run(made_elsewhere())
-    line = assert_one_line_error(swell("run", "app.py", "--broker", url, "--metrics", "off"))
+    line = assert_one_line_error(swell("run", "app.py", "--broker", url, "--http", "off"))
     assert "exists with other settings" in line and "storage is 'memory'" in line
 
 
@@ -390,7 +390,7 @@ def test_run_with_a_queue_name_nats_cannot_take_is_a_clear_error(swell: Swell, n
     (swell.cwd / "dots.py").write_text(APP.replace('"orders"', '"orders..eu"'))
     url = f"{nats_server}?namespace=cli{time.time_ns()}"
 
-    line = assert_one_line_error(swell("run", "dots.py", "--broker", url, "--metrics", "off"))
+    line = assert_one_line_error(swell("run", "dots.py", "--broker", url, "--http", "off"))
     # refused when declared, by the one naming rule of every backend, before NATS is asked
     assert "bad queue name 'orders..eu'" in line
 
@@ -446,5 +446,5 @@ def test_a_bad_routing_key_or_attribute_is_one_clear_error(swell: Swell) -> None
 def test_run_an_app_with_an_invalid_filter_is_a_clear_error(swell: Swell) -> None:
     (swell.cwd / "bad.py").write_text(TOPIC_APP.replace('[">", 0]', '[">", "zero"]'))
 
-    line = assert_one_line_error(swell("run", "bad.py", "--metrics", "off"))
+    line = assert_one_line_error(swell("run", "bad.py", "--http", "off"))
     assert "PatternError" in line and "data.amount" in line

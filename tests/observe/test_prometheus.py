@@ -1,12 +1,8 @@
 """``/metrics`` reads snapshots only: the collector turns the latest ``RuntimeSnapshot`` into
-metric families, and ``Snapshots`` has each one built on the runtime's own loop."""
+metric families (a runtime's functions, and its trigger sources)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from swell import App
@@ -14,7 +10,7 @@ from swell.brokers.memory import MemoryBroker
 from swell.observe.prometheus import SwellCollector
 from swell.runtime import status
 from swell.runtime.runtime import Runtime
-from swell.runtime.status import FunctionSnapshot, RuntimeSnapshot, Snapshots
+from swell.runtime.status import FunctionSnapshot, RuntimeSnapshot
 from swell.scaling.signals import Signals
 
 
@@ -40,34 +36,25 @@ def test_no_snapshot_yet_is_no_samples() -> None:
     assert "swell_desired_units{" not in text(None)
 
 
-async def test_snapshots_are_built_on_the_runtimes_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_runtimes_snapshot_holds_its_functions_and_sources() -> None:
     app = App("shop")
 
     @app.function(app.queue("orders"))
     async def charge(order: dict[str, int]) -> None:
         pass
 
-    built_on: list[threading.Thread] = []
-    real = status.snapshot_of
-
-    def snapshot_of(rt: Runtime) -> RuntimeSnapshot:
-        built_on.append(threading.current_thread())
-        return real(rt)
-
-    monkeypatch.setattr(status, "snapshot_of", snapshot_of)
+    app.webhook("hook", path="/hook", to="orders")
     broker = MemoryBroker()
     rt = Runtime(app, broker)
     await rt.start()
     try:
-        snap = await asyncio.to_thread(Snapshots(rt).latest)  # read from another thread
-        assert snap is not None and [f.name for f in snap.functions] == ["charge"]
-        assert built_on == [threading.current_thread()]
+        snap = status.snapshot_of(rt)
+        assert [f.name for f in snap.functions] == ["charge"]
+        assert [(s.source, s.kind, s.target) for s in snap.sources] == [("hook", "webhook",
+                                                                         "orders")]
+        out = text(snap)
+        assert 'swell_source_received_total{app="shop",kind="webhook",source="hook",' \
+               'target="orders"} 0.0' in out
     finally:
         await rt.stop(1.0)
         await broker.close()
-
-
-def test_a_closed_loop_gives_the_last_snapshot() -> None:
-    loop = asyncio.new_event_loop()
-    loop.close()
-    assert Snapshots(object(), loop).latest() is None  # type: ignore[arg-type]

@@ -368,7 +368,7 @@ def test_sigkill_between_publish_and_mark_loses_nothing_and_doubles_nothing(tmp_
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "swell", "run", str(APP_FILE), "--broker", broker_url,
-                 "--grace", "5s", "--metrics", "off"],
+                 "--grace", "5s", "--http", "off"],
                 cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env={**env, **extra})
         procs.append((proc, log))
         return proc

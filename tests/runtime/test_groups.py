@@ -90,7 +90,7 @@ async def test_retries_hold_the_partition_and_a_poison_event_is_dead_lettered() 
         await rt.broker.append("s", events(8, 1))
         await until(lambda: len(seen) == 7)
         dlq = await rt.broker.peek("s.g.dlq")
-        m = rt.dispatchers["h"].metrics
+        m = rt.functions["h"].dispatcher.metrics
     assert seen == [0, 1, 2, 4, 5, 6, 7], "the partition did not wait for the retries"
     assert tries[3] == 3 and tries[5] == 2
     assert len(dlq) == 1 and dlq[0].headers["swell-offset"] == "3"

@@ -18,9 +18,13 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from support.servers import http_json
 from swell import Broker, Message, Producer, QueueStats, open_broker
+from swell.brokers.base import Delivery
 from swell.runtime.cluster import STATUS_PREFIX
 from swell.runtime.runtime import FunctionStatus
+from swell.runtime.sources import read_sources
+from swell.triggers.base import SourceStatus
 
 T = TypeVar("T")
 
@@ -95,13 +99,13 @@ class Swell:
         self._broker: Broker | None = None
 
     # -- processes -------------------------------------------------------------------------------
-    def start(self, config: AppEnv, *, grace: str = "30s",
-              app: Path = APP_FILE) -> subprocess.Popen[bytes]:
+    def start(self, config: AppEnv, *, grace: str = "30s", app: Path = APP_FILE,
+              http: str = "off") -> subprocess.Popen[bytes]:
         log = self.dir / f"swell-{len(self.procs)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "swell", "run", str(app), "--broker", self.url,
-                 "--grace", grace, "--metrics", "off"],
+                 "--grace", grace, "--http", http],
                 cwd=self.dir, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, **config.env(self.sink)})
         self.procs.append((proc, log))
@@ -119,6 +123,23 @@ class Swell:
             return "running 1 function(s)" in self.log(proc)
 
         wait_for(ready, READY_S, f"pid {proc.pid} to start")
+
+    def wait_http(self, proc: subprocess.Popen[bytes], base: str) -> None:
+        """Until its HTTP server says ready (``/readyz``)."""
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"swell run exited early ({proc.returncode}):\n{self.log(proc)}")
+            return (http_json(f"{base}/readyz") or {}).get("ready") is True
+
+        wait_for(ready, READY_S, f"pid {proc.pid} to serve HTTP")
+
+    def sources(self) -> list[SourceStatus]:
+        """The trigger sources' status records, one per source and node."""
+        return self._run(read_sources)
+
+    def deliveries(self, queue: str) -> list[Delivery]:
+        """What waits in ``queue`` (peeked: left there)."""
+        return self._run(lambda broker: broker.peek(queue, 100_000))
 
     def terminate(self, proc: subprocess.Popen[bytes]) -> int:
         """SIGTERM, and the exit code within a few seconds."""

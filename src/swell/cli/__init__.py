@@ -10,6 +10,7 @@ from swell.cli.dlq import dlq
 from swell.cli.replay import replay
 from swell.cli.run import demo, run
 from swell.cli.sagas import saga
+from swell.cli.schedules import schedules
 from swell.cli.send import send
 from swell.cli.sim import sim
 from swell.cli.status import nodes, status
@@ -23,5 +24,6 @@ def main() -> None:
     """swell: event-driven functions that scale on signals."""
 
 
-for _command in (run, send, queues, topics, streams, replay, status, nodes, dlq, saga, demo, sim):
+for _command in (run, send, queues, topics, streams, replay, status, nodes, schedules, dlq, saga,
+                 demo, sim):
     main.add_command(_command)

@@ -8,9 +8,12 @@ import click
 from rich.console import Group
 from rich.table import Table
 
+from swell.brokers.base import Broker
 from swell.cli.base import broker_option, command, console, show, with_broker
 from swell.render import age, hot_keys, natural_width, row_lines
+from swell.runtime.sources import read_sources
 from swell.runtime.status import FunctionView, read_functions, read_nodes
+from swell.triggers.base import SourceStatus
 
 
 def _f(x: float | None, fmt: str = "{:,.1f}") -> str:
@@ -25,10 +28,14 @@ def _ms(x: float | None) -> str:
 @broker_option
 @command
 async def status(broker_url: str | None) -> None:
-    """Per running function: its signals and its controller's decision, and why."""
-    rows = await with_broker(broker_url, read_functions)
+    """Per running function: its signals and its controller's decision, and why; per trigger
+    source: what it received, stored and refused, and how far behind it is."""
+    rows, sources = await with_broker(broker_url, _read)
+    if sources:
+        show(_sources(sources))
     if not rows:
-        console.print("no function is running on this broker (start one with: swell run APP)")
+        if not sources:
+            console.print("no function is running on this broker (start one with: swell run APP)")
         return
     table = _table(rows)
     wide = natural_width(table) <= console.width  # else each function's signals in its block
@@ -50,6 +57,33 @@ async def status(broker_url: str | None) -> None:
             hot = f.hot_keys()
             if hot:
                 console.print("  hot keys: " + hot_keys(hot), highlight=False)
+
+
+async def _read(broker: Broker) -> tuple[list[FunctionView], list[SourceStatus]]:
+    return await read_functions(broker), await read_sources(broker)
+
+
+def _sources(statuses: list[SourceStatus]) -> Table:
+    """One row per source, its nodes' counts summed (its lag the worst of theirs)."""
+    merged: dict[tuple[str, str], list[SourceStatus]] = {}
+    for st in statuses:
+        merged.setdefault((st.app, st.source), []).append(st)
+    table = Table(title="sources", title_justify="left", header_style="bold")
+    for col in ("source", "kind", "to", "seen", "stored", "dup", "refused", "errors", "lag",
+                "nodes"):
+        table.add_column(col, justify="left" if col in ("source", "kind", "to") else "right")
+    for (_, name), on in sorted(merged.items()):
+        refused: dict[str, int] = {}
+        for st in on:
+            for reason, n in st.rejected.items():
+                refused[reason] = refused.get(reason, 0) + n
+        lags = [st.lag_s for st in on if st.lag_s is not None]
+        table.add_row(name, on[0].kind, on[0].target, f"{sum(st.received for st in on):,}",
+                      f"{sum(st.emitted for st in on):,}", f"{sum(st.duplicates for st in on):,}",
+                      " ".join(f"{r} {n}" for r, n in sorted(refused.items())) or "0",
+                      f"{sum(st.errors for st in on):,}", _ms(max(lags)) if lags else "-",
+                      f"{len(on)}")
+    return table
 
 
 def _table(rows: list[FunctionView]) -> Table:

@@ -21,6 +21,12 @@ Rate = float | int | str
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(ms|s|m|h|d|sec|second|min|minute|hour|day))?\s*$")
 _RATE_UNITS = {"sec": "s", "second": "s", "min": "m", "minute": "m", "hour": "h", "day": "d"}
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3,
+               "gib": 1024**3}
+
+Size = int | str
+
 MAX_DURATION_S = 100 * 365 * 86400.0
 """The longest duration taken (100 years): longer ones overflow what backends store (NATS keeps
 durations in int64 nanoseconds)."""
@@ -100,3 +106,17 @@ def _float(value: int | float) -> float:
         return float(value)
     except OverflowError:  # an int too large for a float: as good as infinite
         return math.inf if value > 0 else -math.inf
+
+
+def byte_size(value: Size, *, name: str = "size") -> int:
+    """Bytes from a number or a string such as ``"256KiB"``, ``"1MiB"``, ``"64kB"``: above zero."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{name} must be a size (like 65536, '256KiB', '1MiB'), not {value!r}")
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m is None:
+            raise ConfigError(f"{name} {value!r} is not a size (like 65536, '256KiB', '1MiB')")
+        value = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+    if value <= 0:
+        raise ConfigError(f"{name} must be above zero, got {value!r}")
+    return value

@@ -17,15 +17,47 @@ key                                                what it holds
 ``swell/limiter/<name>``                           a shared limiter's state
 ``swell/outbox/<app>``                             the outbox relay's lease (TTL)
 ``swell/topic-counts/<topic>``                     a topic's publish counters (NATS)
+``swell/sources/<app>/<source>/<node>``            a trigger source's status on one node (TTL)
+``swell/source-seen/<stream>/<event id>``          an event id a source appended to a stream (TTL)
+``swell/schedules/<app>/<schedule>/fire/<time>``   a schedule's claim on one fire time (TTL)
+``swell/schedules/<app>/<schedule>/last``          a schedule's last firing and its outcome
+``swell/files/<app>/<source>/<path hash>``         a file a watch source emitted (its checkpoint)
 =================================================  ============================================
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "GROUPS", "IDEMPOTENCY", "LIMITERS", "NODES", "OUTBOX", "REPLAYS", "SAGAS", "STATUS",
-    "TOPIC_COUNTS", "group", "group_offsets", "idempotency", "limiter", "node", "nodes",
-    "outbox_lease", "replay", "saga", "sagas", "status", "statuses",
+    "FILES",
+    "GROUPS",
+    "IDEMPOTENCY",
+    "LIMITERS",
+    "NODES",
+    "OUTBOX",
+    "REPLAYS",
+    "SAGAS",
+    "SCHEDULES",
+    "SOURCES",
+    "SOURCE_SEEN",
+    "STATUS",
+    "TOPIC_COUNTS",
+    "files",
+    "group",
+    "group_offsets",
+    "idempotency",
+    "limiter",
+    "node",
+    "nodes",
+    "outbox_lease",
+    "replay",
+    "saga",
+    "sagas",
+    "schedule",
+    "source_seen",
+    "source_status",
+    "source_statuses",
+    "status",
+    "statuses",
 ]
 
 NODES = "swell/nodes/"
@@ -37,6 +69,10 @@ REPLAYS = "swell/replays/"
 LIMITERS = "swell/limiter/"
 OUTBOX = "swell/outbox/"
 TOPIC_COUNTS = "swell/topic-counts/"
+SOURCES = "swell/sources/"
+SOURCE_SEEN = "swell/source-seen/"
+SCHEDULES = "swell/schedules/"
+FILES = "swell/files/"
 
 
 def nodes(app: str) -> str:
@@ -92,3 +128,26 @@ def limiter(name: str) -> str:
 
 def outbox_lease(app: str) -> str:
     return f"{OUTBOX}{app}"
+
+
+def source_statuses(app: str) -> str:
+    """The prefix of an app's trigger sources' status records."""
+    return f"{SOURCES}{app}/"
+
+
+def source_status(app: str, source: str, node_id: str) -> str:
+    return f"{SOURCES}{app}/{source}/{node_id}"
+
+
+def source_seen(stream: str, event_id: str) -> str:
+    return f"{SOURCE_SEEN}{stream}/{event_id}"
+
+
+def schedule(app: str, name: str) -> str:
+    """The prefix of a schedule's keys: ``fire/<time>`` claims and ``last``."""
+    return f"{SCHEDULES}{app}/{name}/"
+
+
+def files(app: str, source: str) -> str:
+    """The prefix of a watch source's checkpoints (one key per file)."""
+    return f"{FILES}{app}/{source}/"

@@ -1,19 +1,18 @@
 """``/metrics`` for Prometheus: the same signals the controllers see, so an outside autoscaler
 (KEDA's prometheus or metrics-api scaler) can scale on them too.
 
-The server runs on a thread of its own and never touches the Runtime: at scrape time it reads the
-latest ``RuntimeSnapshot`` (an immutable value the runtime's loop built) through the function it
+Served by the HTTP server of ``swell run`` (``swell.web``) on the runtime's loop: at scrape time
+the collector reads a ``RuntimeSnapshot`` (an immutable value built there) through the function it
 was given."""
 
 from __future__ import annotations
 
-import errno
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from swell.core.errors import ConfigError
 from swell.runtime.status import RuntimeSnapshot
+from swell.triggers.base import SourceStatus
 
 Latest = Callable[[], RuntimeSnapshot | None]
 """Where the collector reads the latest snapshot (``None``: none yet)."""
@@ -83,32 +82,45 @@ class SwellCollector:
         yield dead
         for family, _ in families:
             yield family
+        yield from _sources(app, () if snapshot is None else snapshot.sources)
 
 
-def serve_metrics(latest: Latest, host: str, port: int, *, best_effort: bool = False) -> bool:
-    """Serve ``/metrics`` on ``host:port`` in a background thread, from the snapshots ``latest``
-    returns (``runtime.status.Snapshots(runtime).latest``, say).
+def _sources(app: str, sources: Iterable[SourceStatus]) -> Iterator[Any]:
+    """The trigger sources' families: what each received, stored, refused (by reason), and how
+    far behind it is."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    A port that is taken (or an address that cannot be bound) is a ``ConfigError``: a scraper
-    pointed at it would read another process's numbers as this app's. With ``best_effort`` it is
-    a warning instead, and the result is ``False``."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    labels = ["app", "source", "kind", "target"]
+    counters = [(CounterMetricFamily(f"swell_source_{n}", h, labels=labels), n) for n, h in (
+        ("received", "Occurrences a source saw (requests, firings, files)."),
+        ("emitted", "Events a source stored on its channel."),
+        ("duplicates", "Occurrences already stored once (retried deliveries)."),
+        ("errors", "Failures to store (the broker down): retried by the sender or the source."))]
+    rejected = CounterMetricFamily("swell_source_rejected", "Occurrences refused, by reason.",
+                                   labels=[*labels, "reason"])
+    lag = GaugeMetricFamily("swell_source_lag_seconds", "How far behind a source is (a "
+                            "schedule's lateness, the oldest pending file).", labels=labels)
+    pending = GaugeMetricFamily("swell_source_pending", "Occurrences seen, not yet stored.",
+                                labels=labels)
+    for src in sources:
+        values = [app, src.source, src.kind, src.target]
+        for family, attr in counters:
+            family.add_metric(values, float(getattr(src, attr)))
+        for reason, n in sorted(src.rejected.items()):
+            rejected.add_metric([*values, reason], float(n))
+        if src.lag_s is not None:
+            lag.add_metric(values, src.lag_s)
+        pending.add_metric(values, float(src.pending))
+    for family, _ in counters:
+        yield family
+    yield from (rejected, lag, pending)
+
+
+def metrics_app(latest: Latest) -> Any:
+    """prometheus-client's ASGI app over the snapshots ``latest`` returns (the HTTP server of
+    ``swell run`` mounts it at ``/metrics``)."""
+    from prometheus_client import CollectorRegistry, make_asgi_app
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SwellCollector(latest))
-    try:
-        start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:
-            why += " (another process has the port)"
-        if not best_effort:
-            raise ConfigError(f"cannot serve metrics on {host}:{port}: {why}; choose another "
-                              "address with --metrics HOST:PORT, turn them off with --metrics "
-                              "off, or pass --metrics-best-effort to run without them if the "
-                              "port is taken") from None
-        log.warning("metrics not served on %s:%d: %s (best effort: running without them)",
-                    host, port, why)
-        return False
-    log.info("metrics on http://%s:%d/metrics", host, port)
-    return True
+    return make_asgi_app(registry)

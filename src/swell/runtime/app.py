@@ -15,6 +15,7 @@ from swell.core.config import Duration, seconds
 from swell.core.errors import AppError
 from swell.core.retry import Retry
 from swell.patterns.idempotency import Idempotency
+from swell.runtime.app_sources import SourceDeclarations
 from swell.runtime.channels import (
     MAX_PARTITIONS,
     Group,
@@ -36,6 +37,7 @@ from swell.scaling.limiters import Limiter, RateLimit
 if TYPE_CHECKING:
     from swell.brokers.base import Broker
     from swell.runtime.runtime import Runtime
+    from swell.triggers.base import Source
 
 __all__ = ["App", "Function", "Group", "Mode", "Queue", "Stream", "Subscription", "Topic", "declare"]
 
@@ -76,8 +78,8 @@ class Function:
         return copy.deepcopy(self.concurrency)
 
 
-class App:
-    """Declares queues and functions.
+class App(SourceDeclarations):
+    """Declares queues, topics, streams, trigger sources and functions.
 
     >>> app = App("shop")
     >>> orders = app.queue("orders", visibility_timeout=30, max_receives=5)
@@ -92,6 +94,8 @@ class App:
         """By the name of their queue."""
         self.functions: dict[str, Function] = {}
         self.limiters: dict[str, Limiter] = {}
+        self.sources: dict[str, Source] = {}
+        """Trigger sources (webhooks, schedules, watches), by name: see ``app_sources``."""
         self.services: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
         """Background work that runs beside the functions while a Runtime runs (the outbox
         relay, for one): each is started with the Runtime and cancelled when it stops."""
@@ -242,7 +246,7 @@ class App:
         q = self.queues[name] = Queue(spec)
         return q
 
-    def function(self, trigger: Queue | Group | str, *, concurrency: int | Controller | None = None,
+    def function(self, trigger: Queue | Group | Source | str, *, concurrency: int | Controller | None = None,
                  retry: Retry | None = None, timeout: Duration | None = None,
                  mode: Mode = "inline", min_instances: int = 0,
                  rate_limit: RateLimit | str | None = None,
@@ -318,7 +322,12 @@ class App:
                 raise AppError(f"{name!r} is a {other} already: {article} {kind} needs a name of "
                                "its own (a publish to a name must know where it goes)")
 
-    def _trigger(self, trigger: Queue | str) -> Queue:
+    def _trigger(self, trigger: Queue | Source | str) -> Queue:
+        if not isinstance(trigger, Queue | str):  # a source: the queue its events go to
+            if trigger.target not in self.queues:
+                raise AppError(f"source {trigger.name!r} puts its events on {trigger.target!r}, "
+                               "not a queue: a function takes a queue, or a subscription of a topic")
+            return self.queues[trigger.target]
         if isinstance(trigger, Queue):
             return self.queues.setdefault(trigger.name, trigger)
         if trigger in self.queues:

@@ -1,14 +1,12 @@
-"""The Runtime: declares an app's queues on a broker, runs a Dispatcher per function, and every
-tick turns each function's signals into its concurrency through its controller.
-
-A runtime is one node: with several on one broker, each decides from the function's global
-readings and takes its share of the decision (see ``cluster``).
+"""The Runtime: declares an app's queues on a broker, runs a Dispatcher per function and the app's
+trigger sources, and every tick turns each function's signals into its concurrency through its
+controller. A runtime is one node: with several on one broker, each decides from the function's
+global readings and takes its share of the decision (see ``cluster``).
 
 A tick costs a few trips to the broker whatever the number of functions: one read of the peers'
 status (none while no other node runs), one of every queue's stats, and one batch of status
-records (only those that changed, or near their TTL); and a function at rest costs next to nothing
-(see ``Runtime.tick``). The node's heartbeat has a loop of its own, so a long tick never lets it
-expire."""
+records (only those that changed, or near their TTL); a function at rest costs next to nothing
+(see ``Runtime.tick``). The heartbeat has a loop of its own: a long tick never lets it expire."""
 
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -44,6 +42,7 @@ from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import Executor, InlineExecutor
 from swell.runtime.groups import GroupDispatcher
 from swell.runtime.membership import Due, Membership, Reading, observed, reading, signals_dict
+from swell.runtime.sources import Sources
 from swell.scaling.base import Controller, Decision
 from swell.scaling.limiters import SharedLimiter, TokenBucket
 from swell.scaling.signals import Observation, Sampler, SignalHistory, Signals
@@ -112,14 +111,17 @@ class Runtime:
         self.started = time.time()
         self._shared: dict[str, SharedLimiter] = {}
         self.membership = Membership(self.broker, clock, app.name, self.node, tick_s)
+        self.sources = Sources(app.sources, self.broker, self.producer, clock, app.name, self.node,
+                               self.membership.ttl_s)
         self._ticks = 0
         self._stop = asyncio.Event()
         self._scaler: asyncio.Task[None] | None = None
         self._services: list[asyncio.Task[None]] = []
 
     @property
-    def dispatchers(self) -> dict[str, Dispatcher | GroupDispatcher]:
-        return {name: st.dispatcher for name, st in self.functions.items()}
+    def running(self) -> bool:
+        """Started, and not stopping: taking work (``/readyz``)."""
+        return self._scaler is not None and not self._stop.is_set()
 
     async def declare(self) -> None:
         """Create (or update) every topic, subscription and queue the app declares."""
@@ -163,6 +165,7 @@ class Runtime:
         # announced at once, so a node starting next counts this one from its start
         await self.membership.publish(statuses)
         await self._heartbeat()
+        self.sources.start()
         self._scaler = asyncio.create_task(self._scale_loop(), name="swell:scaler")
         self._services = [asyncio.create_task(service(self), name=f"swell:{service.__name__}")
                           for service in self.app.services]
@@ -198,15 +201,12 @@ class Runtime:
 
     async def tick(self) -> None:
         """Sample every function (with its peers' readings), ask its controller, take this node's
-        share of the leader's decision, publish the status and the heartbeat.
+        share of the leader's decision, publish the status (the sources' too) and the heartbeat.
 
-        A function at rest is sampled only every ``REST_TICKS`` ticks, so that a node with
-        hundreds of idle functions costs little: at rest means its last two samples said the same
-        at a decision of zero, and nothing changed since: its queue holds nothing (ready, delayed
-        or leased), it has no peers, and its own readings (looked at every other tick) are the
-        same. An event that arrives wakes it through its activator at once, not at a tick; the
-        tick after next samples it again, and its controller sees ticks of the usual length (see
-        ``_wake``)."""
+        A function at rest (its last two samples said the same at a decision of zero, its queue
+        holds nothing, it has no peers, its own readings are the same) is sampled only every
+        ``REST_TICKS`` ticks: hundreds of idle functions cost little. An event wakes it through
+        its activator at once; the tick after next samples it again (see ``_wake``)."""
         self._ticks += 1
         peers = await self.membership.peers()
         backlogs = await self._backlogs()
@@ -235,6 +235,7 @@ class Runtime:
                 await asyncio.sleep(0)  # many functions: let receives and handlers run between
         await self.membership.publish(statuses)
         await self._heartbeat()
+        await self.sources.publish()
 
     async def _sample(self, st: FunctionState, own: Observation,
                       peers: dict[str, FunctionStatus]) -> Due | None:
@@ -250,9 +251,8 @@ class Runtime:
         return self._status_due(st, s, own, reading)
 
     def _wake(self, st: FunctionState) -> None:
-        """A function at rest has work again: first the sample its rest skipped last (a tick
-        ago; nothing had changed, so it says what its last one said), so that its sampler and
-        controller see the next one a tick after it, as if it had been sampled all along."""
+        """A function at rest has work again: first the sample its rest skipped last (a tick ago,
+        the same as its last one), so its controller sees ticks of the usual length."""
         last = st.signals
         t = self.clock.monotonic() - self.tick_s
         if st.own is None or last is None or t <= last.t:
@@ -336,8 +336,7 @@ class Runtime:
         return self._status(st, s, own), reading
 
     def _refresh(self, st: FunctionState) -> Due | None:
-        """The status record of a function at rest, again, if the one written nears its TTL (or
-        was never written)."""
+        """A resting function's status record, if the last nears its TTL (or was not written)."""
         if not self.membership.written(st.fn.name):  # (its write failed)
             s = st.signals
             return None if s is None or st.own is None else (self._status(st, s, st.own),
@@ -359,15 +358,16 @@ class Runtime:
             reason=st.decision.reason, signals=signals_dict(s),
             obs=for_publishing(own), succeeded=m.succeeded, dead_lettered=m.dead_lettered,
             at=self.clock.time())
-        if isinstance(st.dispatcher, GroupDispatcher):
-            g = st.dispatcher
+        if isinstance(g := st.dispatcher, GroupDispatcher):
             status = msgspec.structs.replace(status, group=g.group.key, partitions=g.partitions,
                                              lags=g.lags, hot_keys=g.hot_keys())
         return status
 
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         """Graceful stop: no new leases, in-flight work finishes within ``grace_s``, the rest is
-        released so another process gets it at once."""
+        released so another process gets it at once. Sources stop first: nothing new comes in."""
+        self._stop.set()
+        await self.sources.stop()
         background = [t for t in (self._scaler, *self._services) if t is not None]
         for task in background:
             task.cancel()
@@ -385,14 +385,12 @@ class Runtime:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def hurry(self) -> None:
-        for st in self.functions.values():
-            st.dispatcher.hurry()
-
     async def serve(self, grace_s: float = DEFAULT_GRACE_S, *,
-                    on_started: Callable[[], None] | None = None) -> None:
+                    on_started: Callable[[], Awaitable[None]] | None = None,
+                    on_stopping: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until SIGINT or SIGTERM (or ``request_stop``), then stop gracefully; a second
-        signal cuts the grace period short. ``on_started`` is called once the app runs."""
+        signal cuts the grace period short. ``on_started`` is awaited once the app runs,
+        ``on_stopping`` before it stops (an HTTP server stops taking requests there)."""
         loop = asyncio.get_running_loop()
         hurry = asyncio.Event()
 
@@ -404,14 +402,17 @@ class Runtime:
         try:
             await self.start()
             if on_started is not None:
-                on_started()
+                await on_started()
             await self._stop.wait()
+            if on_stopping is not None:
+                await on_stopping()
             log.info("stopping: letting in-flight work finish (grace %gs)", grace_s)
             stopper = asyncio.create_task(self.stop(grace_s))
             hurried = asyncio.create_task(hurry.wait())
             await asyncio.wait((stopper, hurried), return_when=asyncio.FIRST_COMPLETED)
             if not stopper.done():
-                self.hurry()  # Ctrl-C again: give in-flight work no more time
+                for st in self.functions.values():  # Ctrl-C again: no more time for work
+                    st.dispatcher.hurry()
                 await stopper
             hurried.cancel()
         finally:

@@ -8,13 +8,11 @@ queues. A record that does not decode (one of another swell version) is left out
 themselves do.
 
 ``RuntimeSnapshot`` is the other direction: what one running Runtime knows of itself, built on its
-event loop's thread (``snapshot_of``) and handed whole to readers on other threads (Prometheus).
+event loop (``snapshot_of``) as one immutable value (for ``/metrics``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -34,8 +32,10 @@ from swell.brokers.logs import committed
 from swell.core import keys
 from swell.core.errors import ConfigError
 from swell.runtime.cluster import FunctionStatus, NodeInfo
+from swell.runtime.sources import read_sources
 from swell.scaling.hotkeys import HotKey
 from swell.scaling.signals import Signals
+from swell.triggers.base import SourceStatus
 
 if TYPE_CHECKING:
     from swell.patterns.sagas.log import SagaLog
@@ -45,7 +45,7 @@ T = TypeVar("T")
 
 __all__ = [
     "DeadLetters", "FunctionOnNode", "FunctionSnapshot", "FunctionView", "GroupLag",
-    "RuntimeSnapshot", "Snapshots", "Status", "StreamView", "TopicView", "dead_letter_queue",
+    "RuntimeSnapshot", "Status", "StreamView", "TopicView", "dead_letter_queue",
     "read_dead_letter_queues", "read_dead_letters", "read_functions", "read_nodes", "read_queues",
     "read_saga", "read_sagas", "read_status", "read_streams", "read_topics", "snapshot_of",
 ]
@@ -293,6 +293,7 @@ class Status:
     queues: tuple[QueueStats, ...]
     dead_letter_queues: tuple[QueueStats, ...]
     streams: tuple[StreamView, ...]
+    sources: tuple[SourceStatus, ...] = ()
 
 
 async def read_status(broker: Broker, app: str | None = None) -> Status:
@@ -302,7 +303,8 @@ async def read_status(broker: Broker, app: str | None = None) -> Status:
                   nodes=tuple(await read_nodes(broker, app)),
                   queues=tuple(await read_queues(broker)),
                   dead_letter_queues=tuple(await read_dead_letter_queues(broker)),
-                  streams=tuple(await read_streams(broker)))
+                  streams=tuple(await read_streams(broker)),
+                  sources=tuple(await read_sources(broker, app)))
 
 
 # -- a running runtime's snapshot ----------------------------------------------------------------
@@ -334,6 +336,7 @@ class RuntimeSnapshot:
     app: str
     node: str
     functions: tuple[FunctionSnapshot, ...]
+    sources: tuple[SourceStatus, ...] = ()
 
 
 def snapshot_of(runtime: Runtime) -> RuntimeSnapshot:
@@ -344,38 +347,4 @@ def snapshot_of(runtime: Runtime) -> RuntimeSnapshot:
                          in_flight=st.dispatcher.in_flight,
                          succeeded=st.dispatcher.metrics.succeeded,
                          dead_lettered=st.dispatcher.metrics.dead_lettered, signals=st.signals)
-        for st in runtime.functions.values()))
-
-
-class Snapshots:
-    """The latest ``RuntimeSnapshot`` of a Runtime, for a reader on another thread: ``latest()``
-    has one built on the runtime's loop and waits for it (at most ``timeout_s``; then, or once
-    the loop is gone, the one before). The reader only ever holds snapshot objects; the
-    reference to the newest is swapped whole."""
-
-    def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None = None,
-                 timeout_s: float = 2.0) -> None:
-        self._runtime = runtime
-        self._loop = loop or asyncio.get_running_loop()
-        self._timeout_s = timeout_s
-        self._latest: RuntimeSnapshot | None = None
-
-    def latest(self) -> RuntimeSnapshot | None:
-        done: concurrent.futures.Future[RuntimeSnapshot] = concurrent.futures.Future()
-
-        def build() -> None:  # on the loop's thread
-            if done.set_running_or_notify_cancel():
-                try:
-                    done.set_result(snapshot_of(self._runtime))
-                except Exception as exc:  # a bug: raised in the reader (a scrape fails)
-                    done.set_exception(exc)
-
-        try:
-            self._loop.call_soon_threadsafe(build)
-        except RuntimeError:  # the loop is closed
-            return self._latest
-        try:
-            self._latest = done.result(self._timeout_s)
-        except concurrent.futures.TimeoutError:  # the loop is busy: not built, nor to be
-            done.cancel()
-        return self._latest
+        for st in runtime.functions.values()), sources=tuple(runtime.sources.statuses()))

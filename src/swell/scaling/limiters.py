@@ -70,6 +70,18 @@ class TokenBucket:
         self._t = now
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def try_take(self) -> float:
+        """Take a token if there is one now (0.0); else take none and say how long until one
+        comes (seconds): for a caller that refuses rather than waits (a webhook's 429)."""
+        now = self.clock.monotonic()
+        tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return 0.0
+        self._tokens = tokens
+        return (1.0 - tokens) / self.rate
+
     async def acquire(self) -> float:
         """Wait for a token; returns the seconds waited."""
         wait = self.reserve()

@@ -86,6 +86,7 @@ from swell.brokers.nats.wire import (
     H_FIRST,
     H_HEADERS,
     HEADER_ROOM,
+    MIN_DEDUP_WINDOW_S,
     NAME,
     SPEC_KEY,
     SPEC_REFRESH_S,
@@ -183,7 +184,7 @@ class NatsQueues:
             "storage": self.client.storage, "num_replicas": self.client.replicas, "discard": "old",
             "max_msgs": -1, "max_bytes": -1, "max_age": 0, "max_msg_size": -1,
             "max_msgs_per_subject": -1, "max_consumers": -1,
-            "duplicate_window": nanos(max(spec.dedup_window_s, 0.001)),
+            "duplicate_window": nanos(max(spec.dedup_window_s, MIN_DEDUP_WINDOW_S)),
             "allow_direct": True, "allow_msg_schedules": True,
             "metadata": {SPEC_KEY: msgspec.json.encode(spec).decode(), "swell.queue": spec.name},
         }

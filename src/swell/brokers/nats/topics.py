@@ -26,6 +26,7 @@ from swell.brokers.base import Message, SubscriptionSpec, SubscriptionStats, Top
 from swell.brokers.nats.wire import (
     H_ENQUEUED,
     HEADER_ROOM,
+    MIN_DEDUP_WINDOW_S,
     SPEC_REFRESH_S,
     SUBSCRIPTION_KEY,
     check_queue_name,
@@ -106,7 +107,7 @@ class NatsTopics:
             "subjects": [base, f"{base}.>", f"{delayed}.*", f"swell.{self.client.namespace}.tp.{part}.*"],
             "storage": self.client.storage, "num_replicas": self.client.replicas, "discard": "old",
             "max_age": nanos(spec.retention_s), "max_msg_size": -1,
-            "duplicate_window": nanos(max(spec.dedup_window_s, 0.001)),
+            "duplicate_window": nanos(max(spec.dedup_window_s, MIN_DEDUP_WINDOW_S)),
             "allow_direct": True, "allow_msg_schedules": True,
             "metadata": meta,
         }

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 MIN_SERVER = (2, 12)
 CONSUMER = "swell"
 REQUEST_TIMEOUT_S = 5.0
+#: the shortest duplicate window the server takes (a queue's ``dedup_window=0`` gets this)
+MIN_DEDUP_WINDOW_S = 0.1
 #: the most entries one kv scan reads (the server's own cap on a batched direct get)
 SCAN_BATCH = 1024
 CONNECT_TIMEOUT_S = 5.0

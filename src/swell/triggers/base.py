@@ -1,0 +1,154 @@
+"""What every trigger source shares: a source turns outside occurrences (an HTTP request, a timer, a
+file) into events on one channel (a queue, a topic or a stream), through an ``Emitter`` that
+stores them once, and keeps ``SourceStats`` that ``swell status`` and ``/metrics`` show.
+
+A source is run by the runtime: ``await source.run(env)`` until it is cancelled (a webhook's
+``run`` returns at once: the HTTP server calls it). It gets what it needs through ``SourceEnv``
+(the emitter, the kv store, the clock, the app and node names), never the runtime itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import msgspec
+
+from swell.brokers.base import KV
+from swell.brokers.producer import Kind, Producer
+from swell.core import keys
+from swell.core.clock import Clock
+from swell.core.event import Event
+
+__all__ = ["Emitter", "Source", "SourceEnv", "SourceStats", "SourceStatus"]
+
+#: how long a stream source remembers an event id it appended (a queue or topic has its own window)
+STREAM_DEDUP_S = 300.0
+
+
+@dataclass
+class SourceStats:
+    """What a source did since it started, on this node."""
+
+    received: int = 0
+    """Occurrences seen (requests, firings, files)."""
+    emitted: int = 0
+    """Events stored on the channel."""
+    duplicates: int = 0
+    """Events the channel held already (a retried delivery, a file sent before a crash)."""
+    errors: int = 0
+    """Failures to store (the broker down, say): the sender retries, or the source does."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Occurrences refused, by reason (``"signature"``, ``"too_large"``, ``"rate"`` ...)."""
+    lag_s: float | None = None
+    """How far behind the source is: a schedule's lateness, the age of the oldest pending file."""
+    pending: int = 0
+    """Occurrences seen and not yet stored (files still growing, firings due)."""
+    last_error: str | None = None
+    started: float = field(default_factory=time.time)
+
+    def reject(self, reason: str) -> None:
+        self.received += 1
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+class SourceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A source's status on one node, as written to the kv store for ``swell status``."""
+
+    app: str
+    source: str
+    kind: str
+    node: str
+    target: str
+    received: int
+    emitted: int
+    duplicates: int
+    errors: int
+    rejected: dict[str, int]
+    lag_s: float | None
+    pending: int
+    last_error: str | None
+    detail: dict[str, Any] = {}
+    at: float
+
+
+@dataclass(frozen=True)
+class SourceEnv:
+    """What a running source is given."""
+
+    app: str
+    node: str
+    emitter: Emitter
+    kv: KV
+    clock: Clock
+
+
+class Emitter:
+    """Stores a source's events on its channel, each event once: its id is its dedup id (a queue
+    or topic drops a second copy inside its dedup window; a stream, which has none, is guarded by
+    a kv record of the ids appended in the last ``STREAM_DEDUP_S`` seconds)."""
+
+    def __init__(self, producer: Producer, kv: KV, target: str, stats: SourceStats, *,
+                 source: str) -> None:
+        self.producer = producer
+        self.kv = kv
+        self.target = target
+        self.stats = stats
+        self.source = source
+        self._kind: Kind | None = None
+
+    def event(self, data: Any, *, time: datetime | None = None, **attrs: Any) -> Event[Any]:
+        """An event for this channel (see ``Producer.event``); its ``source`` is the source's,
+        and ``time`` (when the occurrence happened) is now unless given."""
+        event = self.producer.event(self.target, data, **attrs)
+        if time is not None:
+            return msgspec.structs.replace(event, source=self.source, time=time)
+        return msgspec.structs.replace(event, source=self.source)
+
+    async def emit(self, events: Sequence[Event[Any]]) -> list[bool]:
+        """Store ``events`` (once each); per event, whether it was new (``False``: a duplicate).
+        Raises the broker's error if they could not be stored: nothing is then acknowledged."""
+        if self._kind is None:
+            self._kind = await self.producer.kind(self.target)
+        kind = self._kind
+        if kind == "stream":
+            stored = await self._append(events)
+        else:
+            stored = await self.producer.put(kind)(
+                self.target, self.producer.messages(kind, events, dedup=True))
+        new = sum(stored)
+        self.stats.emitted += new
+        self.stats.duplicates += len(stored) - new
+        return stored
+
+    async def _append(self, events: Sequence[Event[Any]]) -> list[bool]:
+        """Append the events not appended in the last ``STREAM_DEDUP_S`` s, then remember them
+        (after: a crash in between appends one twice at worst, never none)."""
+        fresh = [e for e in events
+                 if await self.kv.get(keys.source_seen(self.target, e.id)) is None]
+        if fresh:
+            await self.producer.append_events(self.target, fresh)
+            for e in fresh:
+                await self.kv.put(keys.source_seen(self.target, e.id), b"1", ttl_s=STREAM_DEDUP_S)
+        ids = {e.id for e in fresh}
+        return [e.id in ids for e in events]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A trigger source: declared on an app, run by the runtime."""
+
+    kind: ClassVar[str]
+    """``"webhook"``, ``"schedule"``, ``"files"`` ..."""
+    name: str
+    target: str
+    """The name of the channel its events go to."""
+    stats: SourceStats
+
+    async def run(self, env: SourceEnv) -> None:
+        """Run until cancelled (return at once if something else drives the source)."""
+
+    def detail(self) -> dict[str, Any]:
+        """What ``swell status`` shows of it beside the counts (next fire time, files pending)."""
