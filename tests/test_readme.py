@@ -144,8 +144,9 @@ class Reader:
         self.cwd = cwd
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("SWELL_") and k not in {"COLUMNS", "LINES"}}
-        # no metrics port: test runs side by side must not take one another's
-        self.env["SWELL_METRICS"] = "off"
+        # no HTTP port unless a command names one: test runs side by side must not take one
+        # another's
+        self.env["SWELL_HTTP"] = "off"
         self.background: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self.script: list[Block] = []
 
@@ -160,12 +161,14 @@ class Reader:
         assert result.returncode == 0, (f"{what} exited with {result.returncode}\n"
                                         f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
 
-    def python(self, block: Block) -> None:
+    def python(self, block: Block, *, run: bool = True) -> None:
+        """A file is written, and run at once unless a later command runs it (``run``)."""
         if block.file is not None:
             self.flush()
             self.write(block)
-            self._run(f"python {block.file} (README line {block.line})",
-                      [sys.executable, block.file])
+            if run:
+                self._run(f"python {block.file} (README line {block.line})",
+                          [sys.executable, block.file])
         else:
             self.script.append(block)
 
@@ -231,10 +234,13 @@ def test_the_readme_section_runs_as_written(section: str, tmp_path: Path) -> Non
             break
         if block.file is not None:
             reader.write(block)
+    # a file a command of the section runs (python send.py) is run there, not when written
+    later = {m for b in RUN if b.section == section and b.lang == "bash"
+             for m in re.findall(r"python\s+([\w./-]+\.py)", b.text)}
     try:
         for block in (b for b in RUN if b.section == section):
             if block.lang == "python":
-                reader.python(block)
+                reader.python(block, run=block.file not in later)
             elif block.lang == "toml":
                 reader.write(block)
             else:

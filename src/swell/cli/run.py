@@ -9,6 +9,7 @@ import socket
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from swell.brokers.url import default_broker_url
 from swell.cli.base import broker_option, command, console, err_console
@@ -52,8 +53,11 @@ async def run(app_path: str, broker_url: str | None, grace: str, log_level: str,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_path)
     grace_s = seconds(grace, name="--grace")
-    option = "--http" if metrics_at is None else "--metrics"
-    address = host_port(http_at if metrics_at is None else metrics_at, option=option)
+    # the old name counts only when said more loudly than --http (the command line over the
+    # environment over the default)
+    old = metrics_at is not None and _said("metrics_at") > _said("http_at")
+    option = "--metrics" if old else "--http"
+    address = host_port(metrics_at if old and metrics_at else http_at, option=option)
     hooks = [s.name for s in app.sources.values() if s.kind == "webhook"]
     if address is None and hooks:
         raise ConfigError(f"{app.name!r} has webhooks ({', '.join(hooks)}): they need the HTTP "
@@ -95,6 +99,13 @@ async def run(app_path: str, broker_url: str | None, grace: str, log_level: str,
             await server.stop()  # no request is answered 202 once the broker may be closing
 
     await runtime.serve(grace_s, on_started=started, on_stopping=stopping)
+
+
+def _said(param: str) -> int:
+    """How loudly an option was given: 2 on the command line, 1 in the environment, else 0."""
+    source = click.get_current_context().get_parameter_source(param)
+    return {ParameterSource.COMMANDLINE: 2, ParameterSource.ENVIRONMENT: 1}.get(source, 0) \
+        if source is not None else 0
 
 
 def http_installed() -> bool:
