@@ -21,7 +21,7 @@ from swell import App
 
 app = App("inbox")
 files = app.queue("files", dedup_window=0)   # no dedup: a file sent twice would show
-app.watch("inbox", path="incoming", pattern="*.csv", to=files, settle="0.3s")
+app.watch("inbox", path="incoming", pattern="*.csv", to=files, settle="1s")
 
 
 @app.function(app.queue("noop"))
@@ -77,7 +77,7 @@ def test_a_file_written_slowly_gives_one_event_once_complete(tmp_path: Path) -> 
         wait_for(incoming.is_dir, 10, "the watched folder")
         parts = [f"{i},{'x' * 100}\n" for i in range(10)]
         with (incoming / "slow.csv").open("w") as f:
-            for part in parts:  # ten parts over 2 s, each sooner than the 0.3 s settle time
+            for part in parts:  # ten parts over 2 s, each well within the 1 s settle time
                 f.write(part)
                 f.flush()
                 time.sleep(0.2)
@@ -87,5 +87,19 @@ def test_a_file_written_slowly_gives_one_event_once_complete(tmp_path: Path) -> 
         assert isinstance(event.data, dict)
         assert event.data["size"] == len("".join(parts)) and event.subject == "slow.csv"
         assert swell.terminate(proc) == 0
+    finally:
+        swell.cleanup()
+
+
+def test_a_watch_that_cannot_start_stops_swell_run_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "inbox.py").write_text(APP)
+    (tmp_path / "incoming").write_text("a file, not a folder")
+    swell = Swell(tmp_path)
+    try:
+        proc = swell.start(NoEnv(), app=tmp_path / "inbox.py")
+        assert proc.wait(30) == 1
+        out = swell.log(proc)
+        assert "Traceback" not in out and out.strip().startswith("error:"), out
+        assert "'incoming' is not a directory" in out, out
     finally:
         swell.cleanup()

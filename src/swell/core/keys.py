@@ -21,7 +21,7 @@ key                                                what it holds
 ``swell/source-seen/<stream>/<event id>``          an event id a source appended to a stream (TTL)
 ``swell/schedules/<app>/<schedule>/fire/<time>``   a schedule's claim on one fire time (TTL)
 ``swell/schedules/<app>/<schedule>/last``          a schedule's last firing and its outcome
-``swell/files/<app>/<source>/<path hash>``         a file a watch source emitted (its checkpoint)
+``swell/files/<app>/<source>/<site>/<path hash>``  a file a watch emitted (site: host and folder)
 =================================================  ============================================
 """
 

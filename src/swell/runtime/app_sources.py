@@ -5,6 +5,7 @@ gets a queue of its own name, which ``app.function(source)`` can take as its tri
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from swell.triggers.webhook import Webhook
 
 __all__ = ["SourceDeclarations", "To"]
+
+log = logging.getLogger("swell.sources")
 
 S = TypeVar("S", bound="Source")
 
@@ -43,21 +46,23 @@ class SourceDeclarations:
         def queue(self, name: str) -> Queue: ...
 
     def webhook(self, name: str, *, path: str, to: To = None, verify: Verifier | None = None,
-                max_body: Size = "256KiB", rate: Rate | None = "100/s",
+                max_body: Size = "256KiB", rate: Rate | None = "100/s", burst: int | None = None,
                 content_types: Sequence[str] = ("application/json",),
                 headers: Sequence[str] | None = None, store_timeout: Duration = "5s") -> Webhook:
         """An HTTP route of ``swell run``'s server whose requests become events on ``to``,
         answered ``202`` once stored: ``app.webhook("stripe", path="/hooks/stripe", to=payments,
         verify=Stripe(secret=...))``. ``verify``: ``Stripe``, ``GitHub``, ``StandardWebhooks``,
         ``Hmac`` (``swell.triggers.verify``) or ``None`` (anyone may post: keep the server on
-        127.0.0.1 then). ``rate`` is per node; ``headers`` are kept as extension attributes. See
+        127.0.0.1 then). ``rate`` is per node, ``burst`` (a second's worth unless given) what it
+        takes at once; ``headers`` are kept as extension attributes. See
         ``swell.triggers.webhook`` for the replies."""
         from swell.triggers.webhook import Webhook
 
         self._check_route(name, path)
         return self._add(Webhook(name, path=path, to=self._to(name, to), verify=verify,
-                                 max_body=max_body, rate=rate, content_types=content_types,
-                                 headers=headers, store_timeout=store_timeout))
+                                 max_body=max_body, rate=rate, burst=burst,
+                                 content_types=content_types, headers=headers,
+                                 store_timeout=store_timeout))
 
     def object_events(self, name: str, *, path: str, to: To = None,
                       verify: Verifier | None = None, prefix: str = "", suffix: str = "",
@@ -67,18 +72,23 @@ class SourceDeclarations:
         event per object record whose key has ``prefix`` and ``suffix``, of type
         ``s3.ObjectCreated:Put`` (say), deduplicated on (bucket, key, version, sequencer); a
         test event is acknowledged and dropped. See ``swell.triggers.objects``."""
-        from swell.triggers.objects import ObjectEvent, matches, parse_notification
+        from swell.triggers.objects import ObjectEvent, SnsConfirmation, matches, parse_notification
         from swell.triggers.webhook import Record, Webhook
 
         def records(body: Any) -> list[Record]:
-            found: list[ObjectEvent] = parse_notification(body)
+            try:
+                found: list[ObjectEvent] = parse_notification(body)
+            except SnsConfirmation as exc:  # the operator must see it: only AWS reads the reply
+                log.warning("object events %s: %s", name, exc)
+                hook.stats.last_error = str(exc)
+                raise
             return [Record(e.dedup_id, f"s3.{e.event}", e.to_data(), subject=f"{e.bucket}/{e.key}")
                     for e in found if matches(e, prefix, suffix)]
 
         self._check_route(name, path)
-        return self._add(Webhook(name, path=path, to=self._to(name, to), verify=verify,
-                                 max_body=max_body, rate=rate, records=records, headers=(),
-                                 type="s3.object"))
+        hook = Webhook(name, path=path, to=self._to(name, to), verify=verify, max_body=max_body,
+                       rate=rate, records=records, headers=(), type="s3.object")
+        return self._add(hook)
 
     def schedule(self, name: str, *, cron: str | None = None, every: Duration | None = None,
                  tz: str = "UTC", jitter: Duration = 0, to: To = None, missed: str = "skip",

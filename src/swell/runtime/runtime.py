@@ -17,7 +17,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -31,7 +30,6 @@ from swell.core.errors import SwellError
 from swell.runtime.app import App, Function, declare
 from swell.runtime.client import bind, unbind
 from swell.runtime.cluster import (
-    ClusterView,
     FunctionStatus,
     for_publishing,
     leader,
@@ -43,9 +41,10 @@ from swell.runtime.executor import Executor, InlineExecutor
 from swell.runtime.groups import GroupDispatcher
 from swell.runtime.membership import Due, Membership, Reading, observed, reading, signals_dict
 from swell.runtime.sources import Sources
+from swell.runtime.state import FunctionState
 from swell.scaling.base import Controller, Decision
 from swell.scaling.limiters import SharedLimiter, TokenBucket
-from swell.scaling.signals import Observation, Sampler, SignalHistory, Signals
+from swell.scaling.signals import Observation, Signals
 
 __all__ = ["DEFAULT_GRACE_S", "TICK_S", "FunctionState", "FunctionStatus", "Runtime"]
 
@@ -56,38 +55,6 @@ TICK_S = 0.5
 STOP_WAIT_S = 10.0
 #: a function at rest is sampled once every this many ticks (see ``Runtime.tick``)
 REST_TICKS = 16
-
-
-@dataclass
-class FunctionState:
-    """What the runtime knows of one running function."""
-
-    fn: Function
-    dispatcher: Dispatcher | GroupDispatcher
-    controller: Controller
-    sampler: Sampler = field(default_factory=Sampler)
-    history: SignalHistory = field(default_factory=SignalHistory)
-    view: ClusterView = field(default_factory=ClusterView)
-    decision: Decision = field(default_factory=lambda: Decision(0, "start"))
-    """The controller's decision for the function as a whole."""
-    share: int = 0
-    """This node's part of it."""
-    nodes: int = 1
-    members: list[str] = field(default_factory=list)
-    """The nodes the decision is split over (the leader's view)."""
-    leader: str = ""
-    decided_at: float = 0.0
-    applied: int = -1
-    own: Observation | None = None
-    """This node's readings at the last sample."""
-    reading: tuple[object, ...] | None = None
-    """What the last sample said (see ``_reading``)."""
-    resting: bool = False
-    """The last two samples said the same, at a decision of zero."""
-
-    @property
-    def signals(self) -> Signals | None:
-        return self.history.latest()
 
 
 class Runtime:
@@ -146,6 +113,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.declare()
+        await self.sources.prepare()
         bind(self.app, self.producer)  # app.publish goes through this runtime now
         peers = await self.membership.peers()
         statuses: list[Due] = []
@@ -401,8 +369,12 @@ class Runtime:
             loop.add_signal_handler(sig, on_signal)
         try:
             await self.start()
-            if on_started is not None:
-                await on_started()
+            try:
+                if on_started is not None:
+                    await on_started()
+            except BaseException:  # (say the HTTP server could not start): stop what started
+                await self.stop(grace_s)
+                raise
             await self._stop.wait()
             if on_stopping is not None:
                 await on_stopping()

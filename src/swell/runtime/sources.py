@@ -46,6 +46,14 @@ class Sources:
         self._tasks: list[asyncio.Task[None]] = []
         self._written: dict[str, tuple[tuple[object, ...], float]] = {}
 
+    async def prepare(self) -> None:
+        """Before anything runs: a source that cannot start (a watched path that is a file, an
+        extra not installed) stops the app with its error."""
+        for source in self.sources.values():
+            prepare = getattr(source, "prepare", None)
+            if prepare is not None:
+                await prepare()
+
     def start(self) -> None:
         for source in self.sources.values():
             emitter = Emitter(self.producer, self.broker.kv, source.target, source.stats,

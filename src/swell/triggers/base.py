@@ -8,8 +8,10 @@ A source is run by the runtime: ``await source.run(env)`` until it is cancelled 
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -20,12 +22,16 @@ from swell.brokers.base import KV
 from swell.brokers.producer import Kind, Producer
 from swell.core import keys
 from swell.core.clock import Clock
+from swell.core.errors import BrokerError, SwellError
 from swell.core.event import Event
 
-__all__ = ["Emitter", "Source", "SourceEnv", "SourceStats", "SourceStatus"]
+__all__ = ["Emitter", "Source", "SourceEnv", "SourceStats", "SourceStatus", "unbroken"]
 
 #: how long a stream source remembers an event id it appended (a queue or topic has its own window)
 STREAM_DEDUP_S = 300.0
+#: how long an id being appended holds its claim (a crash in between frees it after this)
+PENDING_S = 30.0
+_PENDING, _DONE = b"pending", b"done"
 
 
 @dataclass
@@ -124,16 +130,54 @@ class Emitter:
         return stored
 
     async def _append(self, events: Sequence[Event[Any]]) -> list[bool]:
-        """Append the events not appended in the last ``STREAM_DEDUP_S`` s, then remember them
-        (after: a crash in between appends one twice at worst, never none)."""
-        fresh = [e for e in events
-                 if await self.kv.get(keys.source_seen(self.target, e.id)) is None]
-        if fresh:
-            await self.producer.append_events(self.target, fresh)
-            for e in fresh:
-                await self.kv.put(keys.source_seen(self.target, e.id), b"1", ttl_s=STREAM_DEDUP_S)
-        ids = {e.id for e in fresh}
+        """Append the events whose ids no one appended in the last ``STREAM_DEDUP_S`` s. Each id
+        is claimed first (``put_if_absent``, so two deliveries of one id never both append),
+        marked done once appended; an id another delivery is appending right now is a
+        ``BrokerError`` (a webhook's sender is told to retry, and then finds it done). A crash
+        between the append and the mark appends it again after ``PENDING_S``: at least once."""
+        fresh: list[tuple[Event[Any], int]] = []
+        try:
+            for e in events:
+                key = keys.source_seen(self.target, e.id)
+                rev = await self.kv.put_if_absent(key, _PENDING, ttl_s=PENDING_S)
+                if rev is not None:
+                    fresh.append((e, rev))
+                    continue
+                entry = await self.kv.get(key)
+                if entry is not None and entry.value == _PENDING:
+                    raise BrokerError(f"event {e.id!r} is being appended to {self.target!r} by "
+                                      "another delivery now; try again")
+            if fresh:
+                await self.producer.append_events(self.target, [e for e, _ in fresh])
+        except BaseException:
+            for e, rev in fresh:  # not appended: the next delivery may
+                await asyncio.shield(_quietly(self.kv.delete(keys.source_seen(self.target, e.id),
+                                                             revision=rev)))
+            raise
+        for e, rev in fresh:
+            await _quietly(self.kv.compare_and_set(keys.source_seen(self.target, e.id), _DONE, rev,
+                                                   ttl_s=STREAM_DEDUP_S))
+        ids = {e.id for e, _ in fresh}
         return [e.id in ids for e in events]
+
+
+async def unbroken(step: Coroutine[Any, Any, None]) -> None:
+    """Run ``step`` to its end even if the source is cancelled meanwhile (a stop waits for it):
+    a batch's events and its checkpoints go together, or a graceful stop would leave files sent
+    and not checkpointed, to be sent again on the next start."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with suppress(Exception):
+            await task
+        raise
+
+
+async def _quietly(call: Awaitable[object]) -> None:
+    """Bookkeeping the kv store may fail: its TTL covers it."""
+    with suppress(SwellError):
+        await call
 
 
 @runtime_checkable

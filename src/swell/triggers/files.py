@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 import os
+import socket
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from swell.core import keys
 from swell.core.config import Duration, seconds
 from swell.core.errors import ConfigError, MissingDependency, SwellError
 from swell.core.event import Event
-from swell.triggers.base import SourceEnv, SourceStats
+from swell.triggers.base import SourceEnv, SourceStats, unbroken
+from swell.triggers.folder import Version, event_id, hash_files, open_dir, version_of, walk
 
 __all__ = ["Checkpoint", "WatchSource"]
 
@@ -44,10 +46,6 @@ RESCAN_S = 60.0
 """How often the whole directory is scanned again, besides the watcher's notifications."""
 MAX_BACKOFF_S = 30.0
 """The longest wait before trying again to store after the broker failed."""
-_CHUNK = 1 << 20
-
-Version = tuple[int, int]
-"""A file's (size, mtime_ns): what says it changed."""
 
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,13 +118,20 @@ class WatchSource:
     def detail(self) -> dict[str, Any]:
         return {"path": str(self.path), "pattern": self.pattern, "pending": len(self._pending)}
 
-    async def run(self, env: SourceEnv) -> None:
-        """Scan, then watch and emit until cancelled."""
+    async def prepare(self) -> None:
+        """Before the app runs: watchfiles is there, and the folder is (or is made) one; else one
+        clear error stops ``swell run``."""
         try:
-            from watchfiles import awatch
+            import watchfiles  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise MissingDependency("watchfiles", "files") from exc
-        self._root = await asyncio.to_thread(_open_dir, self.path)
+        self._root = await asyncio.to_thread(open_dir, self.path)
+
+    async def run(self, env: SourceEnv) -> None:
+        """Scan, then watch and emit until cancelled."""
+        from watchfiles import awatch
+
+        await self.prepare()
         await self._load(env)
         self._stopping = False
         self._rescan_at = math.inf  # the first scan waits for the watcher: it misses nothing
@@ -148,7 +153,10 @@ class WatchSource:
 
     async def _load(self, env: SourceEnv) -> None:
         """Read the checkpoints, trying again while the kv store cannot answer."""
-        self._prefix = keys.files(env.app, self.name)
+        # this machine's folder: nodes on one machine (or one network folder seen by the same
+        # path on one host) share checkpoints; another machine's folder has its own
+        site = hashlib.sha256(f"{socket.gethostname()}:{self._root}".encode()).hexdigest()[:16]
+        self._prefix = f"{keys.files(env.app, self.name)}{site}/"
         while True:
             try:
                 entries = await env.kv.scan(self._prefix)
@@ -226,7 +234,7 @@ class WatchSource:
     async def _scan(self, env: SourceEnv, now: float) -> bool:
         """Compare the whole directory with what is known; ``False`` if it could not be read."""
         try:
-            found = await asyncio.to_thread(_walk, self._root, self.pattern, self.recursive)
+            found = await asyncio.to_thread(walk, self._root, self.pattern, self.recursive)
         except OSError as exc:
             # the directory removed: made again (keeping the checkpoints) for files to come
             self._failure("scanning", exc)
@@ -274,7 +282,7 @@ class WatchSource:
                 # a directory moved in, with its files
                 with contextlib.suppress(OSError):
                     found.update({f"{rel}/{r}": v for r, v in
-                                  _walk(Path(path), self.pattern, True).items()})
+                                  walk(Path(path), self.pattern, True).items()})
             elif (stat.S_ISREG(info.st_mode) and fnmatch.fnmatch(Path(rel).name, self.pattern)
                   and (self.recursive or "/" not in rel)):
                 found[rel] = (info.st_size, info.st_mtime_ns)
@@ -302,7 +310,7 @@ class WatchSource:
         if not self._pending:
             return
         rels = list(self._pending)
-        versions = await asyncio.to_thread(lambda: {rel: _version(self._root / rel) for rel in rels})
+        versions = await asyncio.to_thread(lambda: {rel: version_of(self._root / rel) for rel in rels})
         await self._forget(env, [rel for rel, version in versions.items() if version is None])
         for rel, version in versions.items():
             if version is not None:
@@ -322,13 +330,17 @@ class WatchSource:
         marks = await self._hash(env, batch, now)
         fresh = [m for m in marks
                  if (old := self._seen.get(m.path)) is None or old.sha256 != m.sha256]
-        try:
+
+        async def emit_and_checkpoint() -> None:
             if fresh:
                 await env.emitter.emit([self._event(env, m) for m in fresh])
             for mark in marks:  # after the events are stored: at least once
                 await env.kv.put(self._key(mark.path), msgspec.json.encode(mark))
                 self._seen[mark.path] = mark
                 self._pending.pop(mark.path, None)
+
+        try:
+            await unbroken(emit_and_checkpoint())
         except SwellError as exc:
             self._failure("storing", exc)
             self._retry_at = env.clock.monotonic() + self._next_backoff()
@@ -343,7 +355,7 @@ class WatchSource:
         until it changes."""
         todo = [(rel, self._pending[rel].version) for rel in batch
                 if self._pending[rel].sha256 is None]
-        hashed = await asyncio.to_thread(_hash_files, self._root, todo)
+        hashed = await asyncio.to_thread(hash_files, self._root, todo)
         for rel, result in hashed.items():
             pending = self._pending[rel]
             if isinstance(result, str):
@@ -356,7 +368,7 @@ class WatchSource:
                 self._failed[rel] = pending.version
                 del self._pending[rel]
         return [Checkpoint(path=rel, size=p.version[0], mtime_ns=p.version[1], sha256=p.sha256,
-                           event_id=_event_id(rel, p.version, p.sha256))
+                           event_id=event_id(rel, p.version, p.sha256))
                 for rel in batch if (p := self._pending.get(rel)) is not None and p.sha256]
 
     def _event(self, env: SourceEnv, mark: Checkpoint) -> Event[Any]:
@@ -378,63 +390,3 @@ class WatchSource:
 
 
 # -- the file system (called in threads) ---------------------------------------------------------
-def _open_dir(path: Path) -> Path:
-    """The watched directory, absolute, created if missing."""
-    root = path.expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"watch path {str(path)!r} is not a directory")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _walk(root: Path, pattern: str, recursive: bool) -> dict[str, Version]:
-    """The regular files under ``root`` whose names match ``pattern``, by relative path."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not there")
-    found: dict[str, Version] = {}
-    for directory, subdirectories, names in os.walk(root):
-        if not recursive:
-            subdirectories.clear()
-        prefix = Path(directory).relative_to(root).as_posix()
-        for name in fnmatch.filter(names, pattern):
-            version = _version(Path(directory, name))  # None: gone since listed
-            if version is not None:
-                found[name if prefix == "." else f"{prefix}/{name}"] = version
-    return found
-
-
-def _version(path: Path) -> Version | None:
-    """A regular file's version, ``None`` if it is gone (or no longer a file)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
-
-
-def _hash_files(root: Path, todo: list[tuple[str, Version]]) -> dict[str, str | OSError | None]:
-    """Per file, its sha256 if it still is at its version after being read, ``None`` if it
-    changed, or the error that kept it from being read."""
-    out: dict[str, str | OSError | None] = {}
-    for rel, version in todo:
-        path = root / rel
-        digest = hashlib.sha256()
-        try:
-            with path.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-            info = os.stat(path)
-        except FileNotFoundError:
-            out[rel] = None  # the next look finds it gone
-            continue
-        except OSError as exc:
-            out[rel] = exc
-            continue
-        out[rel] = digest.hexdigest() if (info.st_size, info.st_mtime_ns) == version else None
-    return out
-
-
-def _event_id(rel: str, version: Version, sha256: str) -> str:
-    """The same file content at the same version is the same event, stored again or not."""
-    size, mtime_ns = version
-    return "file-" + hashlib.sha256(f"{rel}\0{size}\0{mtime_ns}\0{sha256}".encode()).hexdigest()[:32]

@@ -48,6 +48,7 @@ Broker failures
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable
@@ -248,8 +249,10 @@ class ScheduleSource:
                 return await self._held(env, key)
             try:
                 [new] = await env.emitter.emit([self._event(env, f, d.catch_up)])
-            except Exception:
-                await _quietly(env.kv.delete(key, revision=rev))  # another try may claim it
+            except BaseException:  # (a stop that cancels the emit too: nothing holds the claim)
+                # another try, here or on another node, may claim it; if the event was stored
+                # after all, its id makes the next copy a duplicate
+                await asyncio.shield(_quietly(env.kv.delete(key, revision=rev)))
                 raise
         except Exception as exc:  # never end the loop: a broker error (or a bug) is tried again
             self.stats.errors += 1

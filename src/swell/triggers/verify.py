@@ -256,11 +256,14 @@ def _whsec(secret: str) -> bytes:
 class Hmac:
     """Any sender that puts an HMAC of the body in one header: ``Hmac("x-signature", secret,
     prefix="sha256=")``. The key is the secret's UTF-8 bytes; ``algorithm`` is any ``hashlib``
-    name; the header may carry several signatures, separated by commas or spaces. No
-    timestamp and no delivery id: use a scheme that has them when the sender offers one."""
+    name; the header may carry several signatures, separated by commas or spaces. No timestamp:
+    use a scheme that has one when the sender offers it. ``id_header`` names the header with the
+    sender's delivery id, if it sends one (a retried delivery is then stored once), and
+    ``type_header`` the one with the event's type."""
 
     def __init__(self, header: str, secret: str | Sequence[str], algorithm: str = "sha256",
-                 prefix: str = "", encoding: Literal["hex", "base64"] = "hex") -> None:
+                 prefix: str = "", encoding: Literal["hex", "base64"] = "hex", *,
+                 id_header: str | None = None, type_header: str | None = None) -> None:
         if not header:
             raise ConfigError("Hmac needs the header that carries the signature")
         try:
@@ -273,6 +276,8 @@ class Hmac:
         self.algorithm = algorithm
         self.prefix = prefix
         self.encoding = encoding
+        self.id_header = None if id_header is None else id_header.lower()
+        self.type_header = None if type_header is None else type_header.lower()
         self._keys = tuple(s.encode() for s in _secrets(secret, "Hmac secret"))
         self._decode: Callable[[str], bytes | None] = _hex if encoding == "hex" else _b64
 
@@ -294,7 +299,8 @@ class Hmac:
             raise _mismatch("HMAC")
 
     def identity(self, headers: Mapping[str, str], data: Any) -> Identity:
-        return None, None
+        return (None if self.id_header is None else headers.get(self.id_header),
+                None if self.type_header is None else headers.get(self.type_header))
 
 
 class Bearer:

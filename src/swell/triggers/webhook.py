@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from swell.core.config import Duration, Rate, Size, byte_size, seconds
+from swell.core.config import Duration, Rate, Size, byte_size, per_second, seconds
 from swell.core.errors import AppError, SwellError
 from swell.core.event import Event
 from swell.scaling.limiters import RateLimit, TokenBucket
@@ -94,7 +94,7 @@ class Webhook:
                  max_body: Size = "256KiB", rate: Rate | None = "100/s",
                  content_types: Sequence[str] = (JSON,), headers: Sequence[str] | None = None,
                  store_timeout: Duration = "5s", records: Records | None = None,
-                 type: str | None = None) -> None:
+                 type: str | None = None, burst: int | None = None) -> None:
         if not path.startswith("/") or "{" in path:
             raise AppError(f"webhook {name!r}: path must start with '/' and hold no parameters, "
                            f"got {path!r}")
@@ -103,7 +103,10 @@ class Webhook:
         self.target = to
         self.verifier = verify
         self.max_body = byte_size(max_body, name=f"webhook {name!r}: max_body")
-        self.rate = None if rate is None else RateLimit(rate)
+        # a burst of a second's worth by default: senders post in bursts (a push of many
+        # commits), and some (GitHub) do not retry a 429 by themselves
+        self.rate = None if rate is None else RateLimit(
+            rate, burst if burst is not None else max(1, math.ceil(per_second(rate))))
         self.content_types = tuple(t.lower() for t in content_types)
         if headers is None:  # the scheme's own headers are worth keeping
             headers = ("x-github-event", "x-github-delivery", "x-github-hook-id") \
@@ -136,13 +139,24 @@ class Webhook:
 
     async def handle(self, request: Request) -> Reply:
         """Answer one request (see the module's table)."""
-        env = self._env
-        if env is None:
+        return self.admit() or await self.accept(request)
+
+    def admit(self) -> Reply | None:
+        """Whether a request may come in at all (``None``: yes): the route runs and is under its
+        rate. Asked before the body is read, so a flood costs no reading."""
+        if self._env is None:
             return Reply(503, {"error": "starting", "detail": "not ready yet"},
                          {"Retry-After": "1"})
-        if self._bucket is not None and (wait := self._bucket.try_take()) > 0:
-            return self._refuse(429, "rate", f"over {self.rate.rate_per_s:g} requests/s"  # type: ignore[union-attr]
-                                , {"Retry-After": str(max(1, math.ceil(wait)))})
+        if self._bucket is not None and self.rate is not None and \
+                (wait := self._bucket.try_take()) > 0:
+            return self._refuse(429, "rate", f"over {self.rate.rate_per_s:g} requests/s",
+                                {"Retry-After": str(max(1, math.ceil(wait)))})
+        return None
+
+    async def accept(self, request: Request) -> Reply:
+        """The rest of the checks, once admitted, then the store."""
+        env = self._env
+        assert env is not None  # (admitted)
         if len(request.body) > self.max_body:
             return self._refuse(413, "too_large", f"the body is over {self.max_body:,} bytes")
         if self.verifier is not None:

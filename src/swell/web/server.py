@@ -29,6 +29,7 @@ __all__ = ["HttpServer", "bind", "host_port", "routes_app"]
 log = logging.getLogger("swell.http")
 
 DEFAULT_HTTP = "127.0.0.1:9464"
+MAX_CONNECTIONS = 1024
 
 
 def host_port(value: str, *, option: str = "--http") -> tuple[str, int] | None:
@@ -76,10 +77,12 @@ def routes_app(webhooks: Sequence[Webhook], latest: Latest,
 
     def endpoint(hook: Webhook) -> Callable[[HttpRequest], Any]:
         async def receive(request: HttpRequest) -> Response:
-            body = await _read(request, hook.max_body)
-            reply = await hook.handle(Request(
-                {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]},
-                body))
+            reply = hook.admit()  # (over the rate: refused before a byte of the body is read)
+            if reply is None:
+                body = await _read(request, hook.max_body)
+                reply = await hook.accept(Request(
+                    {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]},
+                    body))
             return _json(reply)
 
         return receive
@@ -142,8 +145,11 @@ class HttpServer:
             def capture_signals(self) -> Iterator[None]:  # the runtime owns SIGINT/SIGTERM
                 yield
 
+        # limit_concurrency: past it, 503 at once (a body is read up to its route's max_body,
+        # so this bounds the memory requests can take)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                server_header=False, timeout_graceful_shutdown=5)
+                                server_header=False, timeout_graceful_shutdown=5,
+                                limit_concurrency=MAX_CONNECTIONS)
         self._server = _Server(config)
         self._sock = sock
         self._task: asyncio.Task[None] | None = None
