@@ -17,7 +17,8 @@ from support.eventually import until
 from swell import App, Event, Retry, Runtime
 from swell.brokers.base import Message
 from swell.brokers.logs import committed
-from swell.runtime.groups import GroupDispatcher, assign
+from swell.runtime.assignment import assign
+from swell.runtime.groups import GroupDispatcher
 
 
 def events(n: int, keys: int) -> list[Message]:

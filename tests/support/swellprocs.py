@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -21,6 +23,7 @@ import msgspec
 from support.servers import http_json
 from swell import Broker, Message, Producer, QueueStats, open_broker
 from swell.brokers.base import Delivery
+from swell.brokers.logs import committed
 from swell.runtime.cluster import STATUS_PREFIX
 from swell.runtime.runtime import FunctionStatus
 from swell.runtime.sources import read_sources
@@ -120,7 +123,7 @@ class Swell:
         def ready() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"swell run exited early ({proc.returncode}):\n{self.log(proc)}")
-            return "running 1 function(s)" in self.log(proc)
+            return re.search(r"running \d+ function\(s\)", self.log(proc)) is not None
 
         wait_for(ready, READY_S, f"pid {proc.pid} to start")
 
@@ -188,6 +191,29 @@ class Swell:
                 await broker.append(stream, messages[k:k + 500])
 
         self._run(go)
+
+    def append_events(self, stream: str, events: list[tuple[str, float, dict[str, Any]]]) -> None:
+        """Events ``(key, event time, data)`` to ``stream``, in that order."""
+        async def go(broker: Broker) -> None:
+            producer = Producer(broker, source="/tests/processes")
+            messages = []
+            for key, t, data in events:
+                e = msgspec.structs.replace(producer.event(stream, data, key=key),
+                                            time=datetime.fromtimestamp(t, UTC))
+                messages.append(Message(body=e.to_json(), key=key))
+            for k in range(0, len(messages), 500):
+                await broker.append(stream, messages[k:k + 500])
+
+        self._run(go)
+
+    def lag(self, stream: str, group: str) -> int:
+        """Events of ``stream`` that ``group`` has not committed yet."""
+        async def go(broker: Broker) -> int:
+            done = await committed(broker.kv, stream, group)
+            spec = await broker.stream_spec(stream)
+            return sum(await broker.lag(stream, [done.get(p, 0) for p in range(spec.partitions)]))
+
+        return self._run(go)
 
     def stats(self, queue: str = QUEUE) -> QueueStats:
         return self._run(lambda broker: broker.stats(queue))

@@ -61,6 +61,14 @@ async def status(broker_url: str | None) -> None:
             hot = f.hot_keys()
             if hot:
                 console.print("  hot keys: " + hot_keys(hot), highlight=False)
+        if f.window:
+            w = f.window
+            mark = "-" if w["watermark"] is None else datetime.fromtimestamp(
+                w["watermark"], UTC).strftime("%H:%M:%S.%f")[:-3]
+            console.print(f"  windows: watermark {mark} (behind by {age(w['delay_s'] or 0.0)}), "
+                          f"{w['open_windows']:,} open, late {w['late_accepted']:,} accepted / "
+                          f"{w['late_dropped']:,} dropped, state {w['state_bytes']:,} B",
+                          highlight=False)
 
 
 async def _read(broker: Broker) -> tuple[list[FunctionView], list[SourceStatus]]:

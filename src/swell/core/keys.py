@@ -11,6 +11,7 @@ key                                                what it holds
 ``swell/groups/<stream>/<group>/offsets/<p>``      a consumer group's committed offset
 ``swell/groups/<stream>/<group>/assignment``       which node works which partitions
 ``swell/groups/<stream>/<group>/owner/<p>``        a partition's owner lease (TTL)
+``swell/groups/<stream>/<group>/windows/<p>``      a window function's state, with its offset
 ``swell/idem/<function>/<key>``                    an idempotency record
 ``swell/sagas/<saga>/<id>``                        a saga's log
 ``swell/replays/<stream>/<group>/<id>/...``        a replay's range and progress
@@ -101,6 +102,11 @@ def group(stream: str, group_name: str) -> str:
 def group_offsets(stream: str, group_name: str) -> str:
     """The prefix of a consumer group's committed offsets (one key per partition)."""
     return f"{GROUPS}{stream}/{group_name}/offsets/"
+
+
+def window_state(stream: str, group_name: str, partition: int) -> str:
+    """A window function's state for one partition of its group, with the offset it covers."""
+    return f"{GROUPS}{stream}/{group_name}/windows/{partition}"
 
 
 def idempotency(function: str) -> str:

@@ -16,6 +16,7 @@ from swell.core.errors import AppError
 from swell.core.retry import Retry
 from swell.patterns.idempotency import Idempotency
 from swell.runtime.app_sources import SourceDeclarations
+from swell.runtime.app_windows import WindowDeclarations
 from swell.runtime.channels import (
     MAX_PARTITIONS,
     Group,
@@ -36,6 +37,7 @@ from swell.scaling.limiters import Limiter, RateLimit
 
 if TYPE_CHECKING:
     from swell.brokers.base import Broker
+    from swell.runtime.app_windows import WindowSpec
     from swell.runtime.runtime import Runtime
     from swell.triggers.base import Source
 
@@ -67,6 +69,8 @@ class Function:
     idempotency: Idempotency | None = None
     competing: bool = False
     """Declared to share its queue (or group) with other functions, each event going to one."""
+    window: WindowSpec | None = None
+    """For a window function (``app.window``): what its operator does with the group's events."""
 
     @property
     def consumes(self) -> str:
@@ -78,7 +82,7 @@ class Function:
         return copy.deepcopy(self.concurrency)
 
 
-class App(SourceDeclarations):
+class App(SourceDeclarations, WindowDeclarations):
     """Declares queues, topics, streams, trigger sources and functions.
 
     >>> app = App("shop")

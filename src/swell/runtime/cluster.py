@@ -90,6 +90,8 @@ class FunctionStatus(msgspec.Struct, kw_only=True):
     lags: list[int] = []
     """A group's lag per partition."""
     hot_keys: list[HotKey] = []
+    window: dict[str, Any] | None = None
+    """A window function's watermark, its delay, open windows, late counts and state size."""
     members: list[str] = []
     """The nodes ``desired`` is split over, in rank order: the leader's view of who is live, which
     every node follows (one not yet in it takes no share until the leader counts it)."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import Counter
 from collections.abc import Awaitable, Collection
 from contextlib import suppress
@@ -50,12 +49,15 @@ from swell.core.errors import SwellError
 from swell.core.outcome import Outcome
 from swell.patterns.idempotency import IdempotencyStore
 from swell.runtime.app import Function, Group
+from swell.runtime.assignment import Assignment, assign, summary
 from swell.runtime.context import BLOCK_LEASE_S, Invocation, no_extend
 from swell.runtime.executor import Executor, once
 from swell.runtime.metrics import FunctionMetrics
 from swell.runtime.settle import Settle
 from swell.scaling.hotkeys import HotKey, HotKeys
 from swell.scaling.signals import Observation
+
+__all__ = ["GroupDispatcher", "Partition", "assign"]
 
 log = logging.getLogger("swell.groups")
 
@@ -65,40 +67,6 @@ JOIN_AFTER_S = 1.0
 READ_BATCH = 100
 POLL_MIN_S = 0.005
 POLL_MAX_S = 0.2
-
-
-class Assignment(msgspec.Struct):
-    owners: dict[int, str]
-
-
-def assign(partitions: int, nodes: list[str], previous: dict[int, str]) -> dict[int, str]:
-    """Partitions to nodes, moving as few as possible: a partition stays with its owner while the
-    owner is among ``nodes`` and holds no more than ``ceil(P/N)``; the rest go to the least loaded;
-    then the most loaded give to the least until loads differ by at most one."""
-    if not nodes:
-        return {}
-    quota = math.ceil(partitions / len(nodes))
-    load = dict.fromkeys(nodes, 0)
-    out: dict[int, str] = {}
-    for p in range(partitions):
-        owner = previous.get(p)
-        if owner in load and load[owner] < quota:
-            out[p] = owner
-            load[owner] += 1
-    for p in range(partitions):
-        if p not in out:
-            node = min(nodes, key=lambda n: (load[n], n))
-            out[p] = node
-            load[node] += 1
-    while True:
-        most = max(nodes, key=lambda n: (load[n], n))
-        least = min(nodes, key=lambda n: (load[n], n))
-        if load[most] - load[least] <= 1:
-            return out
-        p = max(q for q, n in out.items() if n == most)
-        out[p] = least
-        load[most] -= 1
-        load[least] += 1
 
 
 class _Units:
@@ -137,7 +105,7 @@ class _Units:
 
 
 @dataclass
-class _Partition:
+class Partition:
     p: int
     position: int
     lease: Lease
@@ -168,7 +136,7 @@ class GroupDispatcher:
         self.hot = HotKeys(self.group.stream.partitions)
         self.lags: list[int] = []
         self._units = _Units()
-        self._owned: dict[int, _Partition] = {}
+        self._owned: dict[int, Partition] = {}
         self._seen: dict[str, float] = {}
         self._prefix = keys.group(self.group.stream.name, self.group.name)
         self._rules = Settle(fn.retry, fn.retry.allowed(), self.metrics)  # no queue's max_receives
@@ -257,7 +225,7 @@ class GroupDispatcher:
                 done = (await self.broker.kv.put_if_absent(key, raw) if entry is None else
                         await self.broker.kv.compare_and_set(key, raw, entry.revision))
                 if done is not None:
-                    log.info("%s: partitions assigned: %s", self.fn.name, _summary(wanted))
+                    log.info("%s: partitions assigned: %s", self.fn.name, summary(wanted))
                     current = wanted
         mine = {p for p, n in current.items() if n == self.node}
         for p, part in self._owned.items():
@@ -298,8 +266,14 @@ class GroupDispatcher:
         except SwellError as exc:
             log.warning("%s: could not take partition %d: %s", self.fn.name, p, exc)
             return
-        part = _Partition(p, done.get(p, 0), lease, self.clock.monotonic() + LEASE_S - LEASE_MARGIN_S,
-                          committed_at=self.clock.monotonic())
+        try:
+            start = await self._resume(p, done.get(p, 0))
+        except SwellError as exc:
+            log.warning("%s: could not resume partition %d: %s", self.fn.name, p, exc)
+            await lease.release()
+            return
+        part = Partition(p, start, lease, self.clock.monotonic() + LEASE_S - LEASE_MARGIN_S,
+                         committed_at=self.clock.monotonic())
         self._owned[p] = part
         part.task = asyncio.create_task(self._work(part), name=f"{self.fn.name}:p{p}")
         log.info("%s: working partition %d from offset %d", self.fn.name, p, part.position)
@@ -319,11 +293,11 @@ class GroupDispatcher:
             else:
                 part.held_until = self.clock.monotonic() + LEASE_S - LEASE_MARGIN_S
 
-    def _holds(self, part: _Partition) -> bool:
+    def _holds(self, part: Partition) -> bool:
         return not part.lost and self.clock.monotonic() < part.held_until
 
     # -- work ----------------------------------------------------------------------------------
-    async def _work(self, part: _Partition) -> None:
+    async def _work(self, part: Partition) -> None:
         stream = self.group.stream.name
         idle = POLL_MIN_S
         try:
@@ -335,6 +309,7 @@ class GroupDispatcher:
                     records = []
                     idle = POLL_MAX_S
                 if not records:
+                    await self._quiet(part)
                     await self._checkpoint(part, force=part.pending > 0)
                     with suppress(TimeoutError):
                         async with asyncio.timeout(idle):
@@ -357,13 +332,14 @@ class GroupDispatcher:
         finally:
             await asyncio.shield(self._let_go(part))
 
-    async def _checkpoint(self, part: _Partition, *, force: bool = False) -> None:
+    async def _checkpoint(self, part: Partition, *, force: bool = False) -> None:
         now = self.clock.monotonic()
         due = (part.pending >= self.group.checkpoint_every
                or (part.pending and now - part.committed_at >= self.group.checkpoint_interval_s))
         if not (force or due) or not self._holds(part):
             return
         try:
+            await self._save(part)  # (before the offset: a crash between repeats, never skips)
             await commit(self.broker.kv, self.group.stream.name, self.group.name,
                          {part.p: part.position})
         except SwellError as exc:
@@ -372,7 +348,18 @@ class GroupDispatcher:
         part.pending = 0
         part.committed_at = now
 
-    async def _let_go(self, part: _Partition) -> None:
+    # -- what a subclass (a window function's) adds --------------------------------------------
+    async def _resume(self, p: int, offset: int) -> int:
+        """Where partition ``p`` starts, given its committed ``offset``."""
+        return offset
+
+    async def _save(self, part: Partition) -> None:
+        """What is stored with a checkpoint, before its offset."""
+
+    async def _quiet(self, part: Partition) -> None:
+        """Partition ``part`` has nothing to read now."""
+
+    async def _let_go(self, part: Partition) -> None:
         """Commit what was done (if the lease is still ours) and give the lease up."""
         if self._holds(part):
             await self._checkpoint(part, force=True)
@@ -381,7 +368,7 @@ class GroupDispatcher:
             del self._owned[part.p]
         log.info("%s: let go of partition %d at offset %d", self.fn.name, part.p, part.position)
 
-    async def _handle(self, part: _Partition, r: Record) -> None:
+    async def _handle(self, part: Partition, r: Record) -> None:
         """One event, with its retries: the partition waits for it."""
         m = self.metrics
         m.received += 1
@@ -432,13 +419,3 @@ class GroupDispatcher:
             await self.broker.send(self.group.dead_letter.name, [Message(body=r.body, headers=headers)])
         except SwellError as exc:
             log.error("%s: could not dead-letter offset %d: %s", self.fn.name, r.offset, exc)
-
-
-def _summary(owners: dict[int, str]) -> str:
-    by: dict[str, list[int]] = {}
-    for p, n in sorted(owners.items()):
-        by.setdefault(n, []).append(p)
-    return "; ".join(f"{n}: {ps}" for n, ps in sorted(by.items()))
-
-
-__all__ = ["GroupDispatcher", "assign"]

@@ -42,6 +42,7 @@ from swell.runtime.groups import GroupDispatcher
 from swell.runtime.membership import Due, Membership, Reading, observed, reading, signals_dict
 from swell.runtime.sources import Sources
 from swell.runtime.state import FunctionState
+from swell.runtime.window_dispatch import WindowDispatcher
 from swell.scaling.base import Controller, Decision
 from swell.scaling.limiters import SharedLimiter, TokenBucket
 from swell.scaling.signals import Observation, Signals
@@ -103,8 +104,9 @@ class Runtime:
 
     def _dispatcher(self, fn: Function, controller: Controller) -> Dispatcher | GroupDispatcher:
         if fn.group is not None:
-            return GroupDispatcher(fn, self.broker, self.producer, self.clock,
-                                   self._executor(fn, controller), self.node)
+            kind = GroupDispatcher if fn.window is None else WindowDispatcher
+            return kind(fn, self.broker, self.producer, self.clock, self._executor(fn, controller),
+                        self.node)
         shared = tuple(self._shared.setdefault(
             n, SharedLimiter(self.app.limiters[n], self.broker.kv, self.clock)) for n in fn.limiters)
         bucket = None if fn.rate_limit is None else TokenBucket(fn.rate_limit, self.clock)
@@ -327,8 +329,10 @@ class Runtime:
             obs=for_publishing(own), succeeded=m.succeeded, dead_lettered=m.dead_lettered,
             at=self.clock.time())
         if isinstance(g := st.dispatcher, GroupDispatcher):
-            status = msgspec.structs.replace(status, group=g.group.key, partitions=g.partitions,
-                                             lags=g.lags, hot_keys=g.hot_keys())
+            status = msgspec.structs.replace(
+                status, group=g.group.key, partitions=g.partitions, lags=g.lags,
+                hot_keys=g.hot_keys(),
+                window=g.window_status() if isinstance(g, WindowDispatcher) else None)
         return status
 
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -90,6 +90,9 @@ class FunctionView:
     lags: tuple[int, ...]
     """A group's lag per partition."""
     nodes: tuple[FunctionOnNode, ...]
+    window: dict[str, Any] | None = None
+    """A window function's, over its nodes: watermark (the lowest), delay (the longest), open
+    windows, late accepted and dropped, state bytes (summed)."""
 
     @property
     def name(self) -> str:
@@ -133,6 +136,19 @@ def _decoded(entries: Sequence[KvEntry], kind: type[T]) -> list[T]:
     return out
 
 
+def _windows(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    found = [w for w in parts if w]
+    if not found:
+        return None
+    marks = [w["watermark"] for w in found if w.get("watermark") is not None]
+    delays = [w["delay_s"] for w in found if w.get("delay_s") is not None]
+    out: dict[str, Any] = {"watermark": min(marks) if marks else None,
+                           "delay_s": max(delays) if delays else None}
+    for k in ("open_windows", "late_accepted", "late_dropped", "state_bytes"):
+        out[k] = sum(int(w.get(k) or 0) for w in found)
+    return out
+
+
 async def read_functions(broker: Broker, app: str | None = None) -> list[FunctionView]:
     """Every function running on ``broker`` (of ``app``), in the order of their records' keys."""
     by_fn: dict[tuple[str, str], list[_Record]] = {}
@@ -147,7 +163,7 @@ def _view(records: list[_Record]) -> FunctionView:
     return FunctionView(
         app=r.app, function=r.function, queue=r.queue, mode=r.mode, controller=r.controller,
         desired=r.desired, reason=r.reason, signals=newest.signals, group=r.group,
-        lags=tuple(r.lags),
+        lags=tuple(r.lags), window=_windows([x.status.window for x in records]),
         nodes=tuple(FunctionOnNode(node=n.node, share=n.share, leads=n.node == n.leader,
                                    partitions=tuple(n.partitions), hot_keys=tuple(n.hot_keys),
                                    succeeded=n.succeeded, dead_lettered=n.dead_lettered, at=n.at)
