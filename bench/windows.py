@@ -13,8 +13,8 @@ clock reads datetimes); swell is also timed on the datetimes, as a second line.
 
 - **swell**: ``WindowOperator(Tumbling(10), Count())``, each event ``add``-ed; every 1,000 events the
   watermark is advanced to the largest event time seen minus 5 s (what ``BoundedOutOfOrder("5s")``
-  gives, as the runtime advances it per batch), and ``math.inf`` at the end. The panes are kept in a
-  list. Rate = N / loop time.
+  gives; the runtime advances it per event, when it moves), and ``math.inf`` at the end. The
+  panes are kept in a list. Rate = N / loop time.
 - **Bytewax 0.21.1**: ``TestingSource(events) -> count_window(EventClock(ts, wait 5 s),
   TumblingWindower(10 s, aligned to the epoch), key) -> TestingSink(list)``, run with
   ``bytewax.testing.run_main`` (one worker, in this process). Its watermark is the largest event time

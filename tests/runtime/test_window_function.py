@@ -40,8 +40,8 @@ def app_with_window() -> App:
     return app
 
 
-def message(producer: Producer, data: dict[str, Any]) -> Message:
-    return Message(body=producer.event("sales", data, key="k").to_json(), key="k")
+def message(producer: Producer, data: dict[str, Any], key: str = "a") -> Message:
+    return Message(body=producer.event("sales", data, key=key).to_json(), key=key)
 
 
 async def test_bad_events_are_dead_lettered_and_the_partition_goes_on(tmp_path: Path) -> None:
@@ -57,18 +57,23 @@ async def test_bad_events_are_dead_lettered_and_the_partition_goes_on(tmp_path: 
                {"shop": "a", "amount": "lots", "ts": T0 + 3}]    # the aggregate refuses it
         # and one that moves the watermark past the window's end
         late_good: list[dict[str, Any]] = [{"shop": "a", "amount": 1, "ts": T0 + 30}]
-        await rt.broker.append("sales", [message(p, d) for d in good + bad + late_good])
+        # (appended with the shop as their key, as a window on shops needs; one is not)
+        elsewhere = message(p, {"shop": "b", "amount": 1, "ts": T0 + 4}, key="a")
+        await rt.broker.append("sales", [message(p, d) for d in good + bad] + [elsewhere] +
+                               [message(p, d) for d in late_good])
         dlq = "sales.totals.dlq"
-        await until(lambda: rt.functions["totals"].dispatcher.metrics.finished >= 7)
+        await until(lambda: rt.functions["totals"].dispatcher.metrics.finished >= 8)
         dead = await rt.broker.peek(dlq)
         panes = [Event.from_json(d.body) for d in await rt.broker.peek("panes")]
         status = rt.functions["totals"].dispatcher
         window = status.window_status()  # type: ignore[union-attr]
     reasons = sorted(d.headers.get(H_REASON, "") for d in dead)
-    assert len(dead) == 4, reasons
+    assert len(dead) == 5, reasons
     assert reasons.count("bad event") == 3 and reasons.count("aggregate failed") == 1
+    assert reasons.count("window key is not the partition key") == 1
     errors = " ".join(d.headers.get(H_ERROR, "") for d in dead)
     assert "yesterday" in errors and "KeyError" in errors and "lots" in errors
+    assert "'b'" in errors  # the window key that was not the partition key
     (pane,) = panes
     assert isinstance(pane.data, dict)
     assert (pane.data["key"], pane.data["value"], pane.data["start"]) == ("a", 12, T0 - T0 % 10)

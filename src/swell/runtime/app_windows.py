@@ -20,6 +20,7 @@ from swell.patterns.windows import (
     Tumbling,
     WindowOperator,
 )
+from swell.patterns.windows.panes import event_seconds
 from swell.runtime.channels import Group, Queue, Stream, Topic, check_name
 
 if TYPE_CHECKING:
@@ -41,7 +42,8 @@ windows), or a callable that reads it from the event (a ``datetime``, epoch seco
 class WindowSpec:
     """What a window function does with each event of its group."""
 
-    key: Callable[[Event[Any]], Any]
+    key: Callable[[Event[Any]], Any] | None
+    """``None``: the event's partition key."""
     window: Tumbling | Sliding | Session
     aggregate: Aggregate
     watermark: BoundedOutOfOrder
@@ -93,7 +95,7 @@ class WindowDeclarations:
                      concurrency: int | Controller | None = None,
                      name: str | None = None) -> Callable[[F], F]: ...
 
-    def window(self, group: Group, *, key: Callable[[Event[Any]], Any],
+    def window(self, group: Group, *, key: Callable[[Event[Any]], Any] | None = None,
                window: Tumbling | Sliding | Session, aggregate: Aggregate,
                watermark: BoundedOutOfOrder | None = None, allowed_lateness: Duration = 0,
                late: Late = "update", early_every: Duration | None = None,
@@ -107,7 +109,13 @@ class WindowDeclarations:
         (a queue ``<name>.panes`` unless given; decorate a handler with the result to read them)
         with the pane's id as the event id, so a repeat after a crash is a duplicate. The state
         (open windows, per partition) is checkpointed with the group's offsets. ``value(event)``
-        is what the aggregate reads (the event's data unless given)."""
+        is what the aggregate reads (the event's data unless given).
+
+        A key's events must all be in one partition: ``key`` (the event's partition key unless
+        given) must give the key the events were appended with (``key=`` of the publish). An
+        event whose window key differs from its partition key is dead-lettered with the reason.
+        ``late="side"`` puts the events too late for their window in the group's dead-letter
+        queue (reason ``too late``)."""
         if not isinstance(group, Group):
             raise AppError(f"a window reads a stream's consumer group (stream.group(...)), not "
                            f"{group!r}")
@@ -151,12 +159,8 @@ def _data(event: Event[Any]) -> Any:
 
 
 def event_time(value: Any) -> float:
-    """Epoch seconds from a ``datetime``, a number or an ISO 8601 string; ``ValueError`` if it is
-    none of them."""
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    """Epoch seconds from a ``datetime``, a number or an ISO 8601 string (without an offset: UTC,
+    as everywhere in swell, never the machine's zone); ``ValueError`` if it is none of them."""
     if isinstance(value, str):
-        return datetime.fromisoformat(value).timestamp()
-    raise ValueError(f"not a time: {value!r}")
+        value = datetime.fromisoformat(value)
+    return event_seconds(value)

@@ -22,11 +22,11 @@ from typing import Any
 
 import msgspec
 
-from swell.brokers.base import Broker, Record
+from swell.brokers.base import Broker, Message, Record, dead_letter_headers
 from swell.brokers.producer import Kind, Producer
 from swell.core import keys
 from swell.core.clock import Clock
-from swell.core.errors import SwellError
+from swell.core.errors import BrokerUnavailable, SwellError
 from swell.core.event import Event
 from swell.patterns.windows import Pane, WindowOperator, WindowValueError
 from swell.runtime.app import Function
@@ -82,6 +82,7 @@ class WindowDispatcher(GroupDispatcher):
     def _fresh(self, p: int) -> tuple[WindowOperator, Track]:
         op = self.ops[p] = self.spec.operator(self.fn.name)
         track = self.tracks[p] = Track()
+        track.last_seen = self.clock.time()  # (a partition just taken is not idle at once)
         return op, track
 
     async def _resume(self, p: int, offset: int) -> int:
@@ -89,8 +90,16 @@ class WindowDispatcher(GroupDispatcher):
         entry = await self.broker.kv.get(self._key(p))
         if entry is None:
             return offset
-        saved = msgspec.json.decode(entry.value, type=Checkpoint)
-        op.restore(bytes(saved.operator))
+        try:
+            saved = msgspec.json.decode(entry.value, type=Checkpoint)
+            op.restore(bytes(saved.operator))
+        except (msgspec.DecodeError, SwellError) as exc:
+            # the window's settings changed since (or the state is not readable): its windows
+            # start afresh from the committed offset; windows open then give partial panes
+            log.error("%s: partition %d's window state cannot be restored (%s): starting its "
+                      "windows afresh from offset %d", self.fn.name, p, exc, offset)
+            self._fresh(p)
+            return offset
         track.max_seen = -math.inf if saved.max_seen is None else saved.max_seen
         track.advanced = op.watermark
         self.state_bytes[p] = len(entry.value)
@@ -116,19 +125,23 @@ class WindowDispatcher(GroupDispatcher):
         now = self.clock.time()
         try:
             event = Event.from_json(r.body)
-            key = self.spec.key(event)
+            key = r.key if self.spec.key is None else str(self.spec.key(event))
             t = self._time(event, r)
             value = self.spec.value(event)
         except Exception as exc:  # a bad event is dead-lettered with the reason; the rest go on
-            await self._dead_letter(r, "bad event", f"{type(exc).__name__}: {exc}", 1)
-            m.dead_lettered += 1
-            return
+            return await self._refuse(r, "bad event", f"{type(exc).__name__}: {exc}")
+        if key != r.key or key is None:
+            return await self._refuse(r, "window key is not the partition key", (
+                f"the window key {key!r} is not the key the event was appended with ({r.key!r}): "
+                "a key's events must all be in one partition; append with key= the window key"))
         try:
-            panes = op.add(str(key), value, t, now=now)
+            panes = op.add(key, value, t, now=now)
         except WindowValueError as exc:
-            await self._dead_letter(r, "aggregate failed", str(exc), 1)
-            m.dead_lettered += 1
-            return
+            return await self._refuse(r, "aggregate failed", str(exc))
+        if side := op.take_side():  # (late="side"; once, however many windows it missed)
+            await self._refuse(r, "too late", f"time {t:.3f} is past the end of its window(s) "
+                               f"({', '.join(f'{x.window_end:.3f}' for x in side)}) and the "
+                               "allowed lateness")
         track.last_seen = now
         if t > track.max_seen:
             track.max_seen = t
@@ -137,8 +150,12 @@ class WindowDispatcher(GroupDispatcher):
             track.advanced = mark
             panes += op.advance(mark, now=now)
         if panes:
-            await self._emit(panes)
+            await self._emit(panes, part)
         m.succeeded += 1
+
+    async def _refuse(self, r: Record, reason: str, error: str) -> None:
+        await self._dead_letter(r, reason, error, 1)
+        self.metrics.dead_lettered += 1
 
     def _time(self, event: Event[Any], r: Record) -> float:
         how = self.spec.time_of
@@ -178,26 +195,42 @@ class WindowDispatcher(GroupDispatcher):
         if mark > track.advanced:
             track.advanced = mark
             panes += op.advance(mark, now=now)
-        await self._emit(panes)
+        await self._emit(panes, part)
 
-    async def _emit(self, panes: list[Pane]) -> None:
-        """Put ``panes`` on the channel, each with its id as the event id; a broker error holds the
-        partition and tries again (a pane is never skipped)."""
+    async def _emit(self, panes: list[Pane], part: Partition) -> None:
+        """Put ``panes`` on the channel, each with its id as the event id. A broker that cannot be
+        reached holds the partition and is tried again while the partition is this node's (once
+        it is not, the next owner redoes them from the last checkpoint); a channel that refuses
+        them (gone, a pane too large) gets them in the group's dead-letter queue instead."""
         if not panes:
             return
         events = [self.producer.event(self.spec.emit_to, _data(self.fn.name, pane), id=pane.id,
                                       type=PANE_TYPE, key=pane.key) for pane in panes]
-        while True:
+        while self._holds(part):
             try:
                 if self._kind is None:
                     self._kind = await self.producer.kind(self.spec.emit_to)
                 await self.producer.put(self._kind)(
                     self.spec.emit_to, self.producer.messages(self._kind, events, dedup=True))
                 return
-            except SwellError as exc:
+            except BrokerUnavailable as exc:
                 log.warning("%s: could not emit %d pane(s): %s; trying again", self.fn.name,
                             len(panes), exc)
                 await self.clock.sleep(EMIT_RETRY_S)
+            except SwellError as exc:
+                log.error("%s: %s refused %d pane(s) (%s): they go to %s", self.fn.name,
+                          self.spec.emit_to, len(panes), exc, self.group.dead_letter.name)
+                await self.broker.send(self.group.dead_letter.name, [Message(
+                    body=e.to_json(), headers=dead_letter_headers(
+                        None, source=self.fn.name, reason="pane not emitted", error=str(exc),
+                        attempts=1, at=self.clock.time())) for e in events])
+                return
+
+    async def _let_go(self, part: Partition) -> None:
+        await super()._let_go(part)
+        if part.p not in self._owned:  # (given up: its state is the next owner's now)
+            for held in (self.ops, self.tracks, self.state_bytes):
+                held.pop(part.p, None)
 
     # -- seeing it -------------------------------------------------------------------------------
     def window_status(self) -> dict[str, Any]:
