@@ -139,9 +139,9 @@ class WindowDispatcher(GroupDispatcher):
         except WindowValueError as exc:
             return await self._refuse(r, "aggregate failed", str(exc))
         if side := op.take_side():  # (late="side"; once, however many windows it missed)
-            await self._refuse(r, "too late", f"time {t:.3f} is past the end of its window(s) "
-                               f"({', '.join(f'{x.window_end:.3f}' for x in side)}) and the "
-                               "allowed lateness")
+            await self._dead_letter(r, "too late", f"time {t:.3f} is past the end of its "
+                                    f"window(s) ({', '.join(f'{x.window_end:.3f}' for x in side)}) "
+                                    "and the allowed lateness", 1)
         track.last_seen = now
         if t > track.max_seen:
             track.max_seen = t
@@ -220,11 +220,16 @@ class WindowDispatcher(GroupDispatcher):
             except SwellError as exc:
                 log.error("%s: %s refused %d pane(s) (%s): they go to %s", self.fn.name,
                           self.spec.emit_to, len(panes), exc, self.group.dead_letter.name)
-                await self.broker.send(self.group.dead_letter.name, [Message(
-                    body=e.to_json(), headers=dead_letter_headers(
-                        None, source=self.fn.name, reason="pane not emitted", error=str(exc),
-                        attempts=1, at=self.clock.time())) for e in events])
-                return
+                try:
+                    await self.broker.send(self.group.dead_letter.name, [Message(
+                        body=e.to_json(), headers=dead_letter_headers(
+                            None, source=self.fn.name, reason="pane not emitted", error=str(exc),
+                            attempts=1, at=self.clock.time())) for e in events])
+                    return
+                except SwellError as again:  # the broker is failing: as if it could not be reached
+                    log.warning("%s: could not dead-letter the panes either: %s", self.fn.name,
+                                again)
+                    await self.clock.sleep(EMIT_RETRY_S)
 
     async def _let_go(self, part: Partition) -> None:
         await super()._let_go(part)
