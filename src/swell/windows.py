@@ -11,42 +11,5 @@
 The semantics, and where they differ from Apache Beam's, are in ``swell.patterns.windows``.
 """
 
-from swell.patterns.windows import (
-    Aggregate,
-    BoundedOutOfOrder,
-    Count,
-    GroupWatermark,
-    LateEvent,
-    Max,
-    Mean,
-    Min,
-    Pane,
-    Reducer,
-    Session,
-    Sliding,
-    Sum,
-    Tumbling,
-    WindowOperator,
-    WindowStats,
-    WindowValueError,
-)
-
-__all__ = [
-    "Aggregate",
-    "BoundedOutOfOrder",
-    "Count",
-    "GroupWatermark",
-    "LateEvent",
-    "Max",
-    "Mean",
-    "Min",
-    "Pane",
-    "Reducer",
-    "Session",
-    "Sliding",
-    "Sum",
-    "Tumbling",
-    "WindowOperator",
-    "WindowStats",
-    "WindowValueError",
-]
+from swell.patterns.windows import *  # noqa: F403  (the public names: its __all__)
+from swell.patterns.windows import __all__ as __all__

@@ -159,18 +159,12 @@ class Webhook:
         assert env is not None  # (admitted)
         if len(request.body) > self.max_body:
             return self._refuse(413, "too_large", f"the body is over {self.max_body:,} bytes")
-        if self.verifier is not None:
-            try:
+        try:
+            if self.verifier is not None:
                 self.verifier.verify(request.headers, request.body, env.clock.time())
-            except Rejected as exc:
-                return self._refuse(exc.status, exc.reason, str(exc))
-        try:
             data, content_type = self._parse(request)
-        except _Refused as exc:
-            return self._refuse(exc.status, exc.reason, str(exc))
-        try:
             events = self._events(request, data, content_type, env)
-        except _Refused as exc:
+        except Rejected as exc:
             return self._refuse(exc.status, exc.reason, str(exc))
         self.stats.received += 1
         if not events:
@@ -182,14 +176,14 @@ class Webhook:
         is_json = content_type == JSON or content_type.endswith("+json")
         if not (content_type in self.content_types or "*/*" in self.content_types
                 or (is_json and JSON in self.content_types)):
-            raise _Refused(415, "content_type", f"content type {content_type or '(none)'!r} is "
+            raise Rejected(415, "content_type", f"content type {content_type or '(none)'!r} is "
                            f"not taken here; send {' or '.join(self.content_types)}")
         if not is_json:
             return request.body, content_type or "application/octet-stream"
         try:
             return msgspec.json.decode(request.body), JSON
         except msgspec.DecodeError as exc:
-            raise _Refused(400, "malformed", f"the body is not valid JSON: {exc}") from None
+            raise Rejected(400, "malformed", f"the body is not valid JSON: {exc}") from None
 
     def _events(self, request: Request, data: Any, content_type: str,
                 env: SourceEnv) -> list[Event[Any]]:
@@ -199,14 +193,14 @@ class Webhook:
             try:
                 records = self.records(data)
             except SwellError as exc:
-                raise _Refused(400, "malformed", str(exc)) from None
+                raise Rejected(400, "malformed", str(exc)) from None
             return [env.emitter.event(r.data, id=r.id, type=r.type, subject=r.subject,
                                       attributes=attributes or None) for r in records]
         delivery, kind = (None, None) if self.verifier is None else \
             self.verifier.identity(request.headers, data)
         delivery = delivery or request.headers.get("idempotency-key")
         if delivery is not None and not _ID.match(delivery):
-            raise _Refused(400, "malformed", "the delivery id (or Idempotency-Key) must be 1-200 "
+            raise Rejected(400, "malformed", "the delivery id (or Idempotency-Key) must be 1-200 "
                            "printable ASCII characters")
         return [env.emitter.event(data, id=delivery, type=kind or self.type,
                                   datacontenttype=content_type, attributes=attributes or None)]
@@ -224,13 +218,6 @@ class Webhook:
         if self.records is None:
             return Reply(202, {"id": events[0].id, "duplicate": not stored[0]})
         return Reply(202, {"stored": sum(stored), "ids": [e.id for e in events]})
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
 
 
 def _extension(header: str) -> str:

@@ -124,48 +124,47 @@ class Mean(Aggregate):
         return f"Mean({self.field!r})" if self.field is not None else "Mean()"
 
 
-class Min(Aggregate):
+class _Extreme(Aggregate):
+    """The smallest or largest value (or ``value[field]``): ``Min`` and ``Max``."""
+
+    def __init__(self, field: str | None = None) -> None:
+        self.field = field
+
+    @staticmethod
+    def better(value: Any, acc: Any) -> bool:
+        raise NotImplementedError
+
+    def init(self) -> Any:
+        return None
+
+    def add(self, acc: Any, value: Any) -> Any:
+        value = pick(value, self.field)
+        if value is None:
+            raise TypeError(f"{type(self).__name__} takes values that compare, not None")
+        return value if acc is None or self.better(value, acc) else acc
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a if b is None else self.add(a, b)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}({self.field!r})" if self.field is not None else f"{name}()"
+
+
+class Min(_Extreme):
     """The smallest value (or ``value[field]``); values that cannot be compared raise."""
 
-    def __init__(self, field: str | None = None) -> None:
-        self.field = field
-
-    def init(self) -> Any:
-        return None
-
-    def add(self, acc: Any, value: Any) -> Any:
-        value = pick(value, self.field)
-        if value is None:
-            raise TypeError("Min takes values that compare, not None")
-        return value if acc is None or value < acc else acc
-
-    def merge(self, a: Any, b: Any) -> Any:
-        return a if b is None else self.add(a, b)
-
-    def __repr__(self) -> str:
-        return f"Min({self.field!r})" if self.field is not None else "Min()"
+    @staticmethod
+    def better(value: Any, acc: Any) -> bool:
+        return bool(value < acc)
 
 
-class Max(Aggregate):
+class Max(_Extreme):
     """The largest value (or ``value[field]``); values that cannot be compared raise."""
 
-    def __init__(self, field: str | None = None) -> None:
-        self.field = field
-
-    def init(self) -> Any:
-        return None
-
-    def add(self, acc: Any, value: Any) -> Any:
-        value = pick(value, self.field)
-        if value is None:
-            raise TypeError("Max takes values that compare, not None")
-        return value if acc is None or value > acc else acc
-
-    def merge(self, a: Any, b: Any) -> Any:
-        return a if b is None else self.add(a, b)
-
-    def __repr__(self) -> str:
-        return f"Max({self.field!r})" if self.field is not None else "Max()"
+    @staticmethod
+    def better(value: Any, acc: Any) -> bool:
+        return bool(value > acc)
 
 
 class Reducer(Aggregate, Generic[A, V]):
