@@ -24,6 +24,7 @@ from support.servers import http_json
 from swell import Broker, Message, Producer, QueueStats, open_broker
 from swell.brokers.base import Delivery
 from swell.brokers.logs import committed
+from swell.core.event import Event
 from swell.runtime.cluster import STATUS_PREFIX
 from swell.runtime.runtime import FunctionStatus
 from swell.runtime.sources import read_sources
@@ -205,6 +206,19 @@ class Swell:
                 await broker.append(stream, messages[k:k + 500])
 
         self._run(go)
+
+    def stream_events(self, stream: str) -> list[Event[Any]]:
+        """Every event kept in ``stream``, partition by partition, each in offset order."""
+        async def go(broker: Broker) -> list[Event[Any]]:
+            out: list[Event[Any]] = []
+            for p in range(len(await broker.end_offsets(stream))):
+                offset = 0
+                while batch := await broker.read(stream, p, offset, 1000):
+                    out += [Event.from_json(r.body) for r in batch]
+                    offset = batch[-1].offset + 1
+            return out
+
+        return self._run(go)
 
     def lag(self, stream: str, group: str) -> int:
         """Events of ``stream`` that ``group`` has not committed yet."""

@@ -1,5 +1,6 @@
 """The part of ``App`` that declares trigger sources: webhooks, object-store notifications,
-schedules and file watches. Each puts events on a channel (``to=``: a queue, topic or stream, its
+schedules, file watches, MQTT telemetry and database change streams. Each puts events on a
+channel (``to=``: a queue, topic or stream, its
 name, or a function declared with ``app.function``, meaning its queue); without ``to`` a source
 gets a queue of its own name, which ``app.function(source)`` can take as its trigger."""
 
@@ -10,15 +11,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from swell.brokers.base import KiB, QueueSpec
 from swell.core.config import Duration, Rate, Size
 from swell.core.errors import AppError
-from swell.runtime.channels import Queue, Stream, Topic, check_name
+from swell.runtime.channels import Queue, Stream, Topic, check_name, derived
 
 if TYPE_CHECKING:
     from swell.runtime.app import Function
     from swell.triggers.base import Source
     from swell.triggers.files import WatchSource
+    from swell.triggers.mqtt import MqttMessage, MqttSource
+    from swell.triggers.pgchanges import PgChangesSource
     from swell.triggers.schedule import ScheduleSource
+    from swell.triggers.sqlitechanges import SqliteChangesSource
     from swell.triggers.verify import Verifier
     from swell.triggers.webhook import Webhook
 
@@ -117,7 +122,68 @@ class SourceDeclarations:
         return self._add(WatchSource(name, path=path, to=self._to(name, to), pattern=pattern,
                                      recursive=recursive, settle=settle))
 
+    def mqtt(self, name: str, *, topics: Sequence[str], url: str = "mqtt://127.0.0.1:1883",
+             to: To = None, qos: int = 1,
+             key: int | Callable[[MqttMessage], str] | None = None, payload: str = "json",
+             model: type | None = None, shared: bool = True, client_id: str | None = None,
+             session_expiry: Duration = "1d", max_pending: int = 10_000) -> MqttSource:
+        """IoT telemetry: each MQTT message on ``topics`` (filters, ``+`` and ``#`` allowed)
+        becomes an event on ``to``, keyed by its device: ``key`` is a topic segment's index, or
+        a function of the message (``lambda m: m.topic.split("/")[1]``); by default the segment
+        of the first filter's first ``+``. ``payload="json"`` (validated by ``model``, a
+        pydantic model, if given) or ``"bytes"``; a message that is neither goes to
+        ``<name>.dlq`` with its reason. QoS 1 on a persistent session, acknowledged to the
+        broker only once stored; with ``shared`` the subscription is MQTT 5's
+        ``$share/<app>/<filter>``, so each message reaches one node. See
+        ``swell.triggers.mqtt``."""
+        from swell.triggers.mqtt import MqttSource
+
+        check_name("mqtt", name)
+        return self._add(MqttSource(name, url=url, topics=topics, to=self._to(name, to), qos=qos,
+                                    key=key, payload=payload, model=model, shared=shared,
+                                    client_id=client_id, session_expiry=session_expiry,
+                                    max_pending=max_pending,
+                                    dead_letter=self._dead_letter_queue(name)))
+
+    def pg_changes(self, name: str, *, dsn: str, tables: Sequence[str], to: To = None,
+                   slot: str | None = None, publication: str | None = None,
+                   batch: int = 1000, poll: Duration = "200ms") -> PgChangesSource:
+        """PostgreSQL change data capture: one event per row inserted, updated or deleted in
+        ``tables`` (``"schema.table"``), keyed by primary key, in commit order, read through a
+        logical replication slot (``swell_<name>`` unless named), so changes made while swell
+        is down wait in the slot. The slot's position advances only once the events are
+        stored; one node reads it at a time. Needs ``wal_level = logical``. See
+        ``swell.triggers.pgchanges``."""
+        from swell.triggers.pgchanges import PgChangesSource
+
+        check_name("pg_changes", name)
+        return self._add(PgChangesSource(name, dsn=dsn, tables=tables, to=self._to(name, to),
+                                         slot=slot, publication=publication, batch=batch,
+                                         poll=poll, dead_letter=self._dead_letter_queue(name)))
+
+    def sqlite_changes(self, name: str, *, path: str | Path, tables: Sequence[str],
+                       to: To = None, batch: int = 1000,
+                       poll: Duration = "50ms") -> SqliteChangesSource:
+        """SQLite change data capture: triggers on ``tables`` (each with a primary key) record
+        every insert, update and delete, by any process, in a change table of the same
+        database; swell turns each row into an event keyed by primary key, in commit order,
+        and deletes the rows once stored. See ``swell.triggers.sqlitechanges``."""
+        from swell.triggers.sqlitechanges import SqliteChangesSource
+
+        check_name("sqlite_changes", name)
+        return self._add(SqliteChangesSource(name, path=path, tables=tables,
+                                             to=self._to(name, to), batch=batch, poll=poll,
+                                             dead_letter=self._dead_letter_queue(name)))
+
     # -- helpers -------------------------------------------------------------------------------
+    def _dead_letter_queue(self, name: str) -> str:
+        """Declare source ``name``'s own dead-letter queue, ``<name>.dlq``."""
+        dlq = derived(f"{name}.dlq", f"the dead-letter queue of source {name!r}")
+        spec = QueueSpec(name=dlq, max_receives=0, is_dead_letter=True,
+                         max_message_bytes=1024 * KiB)
+        self.queues.setdefault(dlq, Queue(spec))
+        return dlq
+
     def _add(self, source: S) -> S:
         if source.name in self.sources:
             raise AppError(f"source {source.name!r} is declared twice")

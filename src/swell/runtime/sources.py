@@ -57,7 +57,8 @@ class Sources:
     def start(self) -> None:
         for source in self.sources.values():
             emitter = Emitter(self.producer, self.broker.kv, source.target, source.stats,
-                              source=origin(self.app, source))
+                              source=origin(self.app, source),
+                              dead_letter=getattr(source, "dead_letter", None))
             env = SourceEnv(app=self.app, node=self.node, emitter=emitter, kv=self.broker.kv,
                             clock=self.clock)
             self._tasks.append(asyncio.create_task(self._run(source, env),

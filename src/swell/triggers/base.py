@@ -20,6 +20,7 @@ import msgspec
 
 from swell.brokers.base import KV
 from swell.brokers.producer import Kind, Producer
+from swell.brokers.types import Message, dead_letter_headers
 from swell.core import keys
 from swell.core.clock import Clock
 from swell.core.errors import BrokerError, SwellError
@@ -97,13 +98,33 @@ class Emitter:
     a kv record of the ids appended in the last ``STREAM_DEDUP_S`` seconds)."""
 
     def __init__(self, producer: Producer, kv: KV, target: str, stats: SourceStats, *,
-                 source: str) -> None:
+                 source: str, dead_letter: str | None = None) -> None:
         self.producer = producer
         self.kv = kv
         self.target = target
         self.stats = stats
         self.source = source
+        self.dead_letter_queue = dead_letter
+        """The source's own dead-letter queue (``<source>.dlq``), for occurrences that cannot
+        become events (a payload that is not JSON, a device id that cannot be a key)."""
         self._kind: Kind | None = None
+        self._max_bytes: int | None = None
+
+    async def max_bytes(self) -> int:
+        """The largest message the channel takes (a queue's or stream's ``max_message_bytes``; a
+        topic's): a source dead-letters a bigger
+        occurrence (a stub of it, with reason ``"too_large"``) rather than fail its batch."""
+        if self._max_bytes is None:
+            kind = await self.producer.kind(self.target)
+            broker = self.producer.broker
+            if kind == "stream":
+                self._max_bytes = (await broker.stream_spec(self.target)).max_message_bytes
+            elif kind == "queue":
+                self._max_bytes = (await broker.queue_spec(self.target)).max_message_bytes
+            else:
+                self._max_bytes = next(t.spec.max_message_bytes for t in await broker.topics()
+                                       if t.spec.name == self.target)
+        return self._max_bytes
 
     def event(self, data: Any, *, time: datetime | None = None, **attrs: Any) -> Event[Any]:
         """An event for this channel (see ``Producer.event``); its ``source`` is the source's,
@@ -113,13 +134,21 @@ class Emitter:
             return msgspec.structs.replace(event, source=self.source, time=time)
         return msgspec.structs.replace(event, source=self.source)
 
-    async def emit(self, events: Sequence[Event[Any]]) -> list[bool]:
+    async def emit(self, events: Sequence[Event[Any]], *, dedup: bool = True) -> list[bool]:
         """Store ``events`` (once each); per event, whether it was new (``False``: a duplicate).
-        Raises the broker's error if they could not be stored: nothing is then acknowledged."""
+        Raises the broker's error if they could not be stored: nothing is then acknowledged.
+
+        ``dedup=False`` is for a source that keeps its own position (a replication slot, a
+        change table): on a stream the events are appended as they are, without the per-id
+        claims; a queue or topic still drops an id it holds already (that costs nothing)."""
         if self._kind is None:
             self._kind = await self.producer.kind(self.target)
         kind = self._kind
-        if kind == "stream":
+        if kind == "stream" and not dedup:
+            if events:
+                await self.producer.append_events(self.target, list(events))
+            stored = [True] * len(events)
+        elif kind == "stream":
             stored = await self._append(events)
         else:
             stored = await self.producer.put(kind)(
@@ -128,6 +157,24 @@ class Emitter:
         self.stats.emitted += new
         self.stats.duplicates += len(stored) - new
         return stored
+
+    async def dead_letter(self, rejects: Sequence[tuple[Event[Any], str, str | None]]) -> None:
+        """Put each ``(event, reason, error)`` on the source's dead-letter queue, with the
+        reason and error as ``swell dlq show`` reads them (``reason``: a short word such as
+        ``"malformed"``, ``"invalid"``, ``"bad_key"``; ``error``: what was wrong, for people).
+        Raises the broker's error if they could not be stored (the occurrence is then not
+        acknowledged either). Counts each under ``stats.rejected[reason]``."""
+        if not rejects:
+            return
+        if self.dead_letter_queue is None:
+            raise SwellError(f"source {self.source!r} has no dead-letter queue")
+        now = self.producer.clock.time()
+        messages = [Message(body=e.to_json(), dedup_id=e.id, headers=dead_letter_headers(
+            None, source=self.source, reason=reason, error=error, attempts=0, at=now))
+            for e, reason, error in rejects]
+        await self.producer.broker.send(self.dead_letter_queue, messages)
+        for _, reason, _ in rejects:  # (the source counted them as received)
+            self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
 
     async def _append(self, events: Sequence[Event[Any]]) -> list[bool]:
         """Append the events whose ids no one appended in the last ``STREAM_DEDUP_S`` s. Each id
@@ -190,6 +237,8 @@ class Source(Protocol):
     target: str
     """The name of the channel its events go to."""
     stats: SourceStats
+    # optional: ``dead_letter: str | None``, the name of its own dead-letter queue, declared by
+    # the app (``<name>.dlq``); its Emitter's ``dead_letter()`` puts rejects there
 
     async def run(self, env: SourceEnv) -> None:
         """Run until cancelled (return at once if something else drives the source)."""
