@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
@@ -19,6 +19,7 @@ from swell.brokers.base import Message
 from swell.brokers.logs import committed
 from swell.runtime.assignment import assign
 from swell.runtime.groups import GroupDispatcher
+from swell.triggers.base import SourceEnv, SourceStats
 
 
 def events(n: int, keys: int) -> list[Message]:
@@ -178,3 +179,39 @@ async def test_a_node_with_no_unit_holds_no_partition(tmp_path: Path) -> None:
         await a.broker.append("s", events(200, 40))
         await until(lambda: len(seen) >= 400, "every later event handled")
     assert sorted(seen) == sorted([*range(200), *range(200)])
+
+
+class Held:
+    """A source that holds events it has not appended yet (an MQTT burst being stored)."""
+
+    kind: ClassVar[str] = "test"
+
+    def __init__(self, target: str) -> None:
+        self.name, self.target, self.stats = "held", target, SourceStats()
+
+    async def run(self, env: SourceEnv) -> None:
+        await asyncio.Event().wait()
+
+    def detail(self) -> dict[str, Any]:
+        return {}
+
+
+async def test_what_a_source_holds_for_the_stream_counts_in_the_groups_lag() -> None:
+    from swell.brokers.memory import MemoryBroker
+
+    app = App("g")
+    s = app.stream("s", partitions=2)
+    held = app.sources["held"] = Held("s")
+    app.sources["other"] = Held("elsewhere")
+    app.sources["other"].stats.pending = 1000
+
+    @app.function(s.group("g"))
+    async def h(data: dict[str, Any]) -> None:
+        await asyncio.Event().wait()  # (keeps what it takes in flight)
+
+    async with Runtime(app, MemoryBroker()) as rt:
+        d = rt.functions["h"].dispatcher
+        assert isinstance(d, GroupDispatcher)
+        await rt.broker.append("s", events(3, 3))
+        held.stats.pending = 40
+        assert await d.lag() == 3 + 40  # not the other stream's source's

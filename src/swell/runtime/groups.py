@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,8 +121,13 @@ class GroupDispatcher:
     """Runs one function on a consumer group: the Dispatcher's counterpart for streams."""
 
     def __init__(self, fn: Function, broker: Broker, producer: Producer, clock: Clock,
-                 executor: Executor, node: str) -> None:
+                 executor: Executor, node: str, *,
+                 upstream: Callable[[], int] | None = None) -> None:
         assert fn.group is not None
+        self.upstream = upstream
+        """What the sources feeding the stream on this node hold and have not appended yet (an
+        MQTT burst received, a change table's rows): counted in the lag, so the group scales
+        on a surge before it lands."""
         self.fn = fn
         self.group: Group = fn.group
         self.broker = broker
@@ -199,7 +204,7 @@ class GroupDispatcher:
             # decision (the Dispatcher's activator does the same for a queue)
             log.debug("%s: activated from zero (lag %d)", self.fn.name, sum(self.lags))
             await self.set_limit(1)
-        return sum(self.lags)
+        return sum(self.lags) + (self.upstream() if self.upstream is not None else 0)
 
     async def rebalance(self, nodes: list[str], leads: bool,
                         working: Collection[str] | None = None) -> None:

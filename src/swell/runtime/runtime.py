@@ -105,8 +105,10 @@ class Runtime:
     def _dispatcher(self, fn: Function, controller: Controller) -> Dispatcher | GroupDispatcher:
         if fn.group is not None:
             kind = GroupDispatcher if fn.window is None else WindowDispatcher
+            feeding = [s.stats for s in self.app.sources.values()
+                       if s.target == fn.group.stream.name]
             return kind(fn, self.broker, self.producer, self.clock, self._executor(fn, controller),
-                        self.node)
+                        self.node, upstream=lambda: sum(st.pending for st in feeding))
         shared = tuple(self._shared.setdefault(
             n, SharedLimiter(self.app.limiters[n], self.broker.kv, self.clock)) for n in fn.limiters)
         bucket = None if fn.rate_limit is None else TokenBucket(fn.rate_limit, self.clock)

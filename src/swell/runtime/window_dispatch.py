@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -65,8 +66,9 @@ class WindowDispatcher(GroupDispatcher):
     """Runs one window function (``app.window``) on its group."""
 
     def __init__(self, fn: Function, broker: Broker, producer: Producer, clock: Clock,
-                 executor: Executor, node: str) -> None:
-        super().__init__(fn, broker, producer, clock, executor, node)
+                 executor: Executor, node: str, *,
+                 upstream: Callable[[], int] | None = None) -> None:
+        super().__init__(fn, broker, producer, clock, executor, node, upstream=upstream)
         assert fn.window is not None
         self.spec: WindowSpec = fn.window
         self.ops: dict[int, WindowOperator] = {}
