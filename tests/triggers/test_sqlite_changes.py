@@ -146,6 +146,15 @@ async def test_one_node_drains_a_change_table_at_a_time(db: Path, broker: Broker
         await asyncio.sleep(0.2)
         assert len(await events(broker)) == 500
         assert sorted([a.stats.emitted, b.stats.emitted]) == [0, 500]
+        reader = 0 if a.stats.emitted else 1
+        tasks[reader].cancel()  # a graceful stop gives the lease up: the other takes over
+        await asyncio.gather(tasks[reader], return_exceptions=True)
+        write(db, *(f"INSERT INTO orders (id) VALUES ({1000 + i})" for i in range(100)))
+        await until(lambda: _count(broker, 600))
+        await asyncio.sleep(0.2)
+        got = await events(broker)
+        assert len(got) == len({e.id for e in got}) == 600
+        assert (a, b)[1 - reader].stats.emitted == 100
     finally:
         for t in tasks:
             t.cancel()

@@ -130,14 +130,15 @@ class SqliteChangesSource:
         lease = Lease(env.kv, f"swell/leases/{env.app}/sqlite_changes/{self.name}", env.node,
                       env.clock)
         checkpoint = f"swell/sources/{env.app}/{self.name}/stored"
-        stored = await self._checkpoint(env, checkpoint)
-        version = -1
+        stored = version = -1
         try:
             while True:
                 if not await lease.hold():
-                    self._state = "standby"
-                    await env.clock.sleep(min(5.0, lease.ttl_s / 3))
+                    self._state, stored = "standby", -1
+                    await env.clock.sleep(1.0)  # (a lease given up is taken within a second)
                     continue
+                if stored < 0:  # the lease just taken: go on from what its last holder stored
+                    stored = await self._checkpoint(env, checkpoint)
                 self._state = "reading"
                 try:
                     now_version = await asyncio.to_thread(self._data_version)
