@@ -12,6 +12,7 @@ from swell.runtime import status
 from swell.runtime.runtime import Runtime
 from swell.runtime.status import FunctionSnapshot, RuntimeSnapshot
 from swell.scaling.signals import Signals
+from swell.triggers.base import SourceStatus
 
 
 def text(latest: RuntimeSnapshot | None) -> str:
@@ -58,3 +59,18 @@ async def test_a_runtimes_snapshot_holds_its_functions_and_sources() -> None:
     finally:
         await rt.stop(1.0)
         await broker.close()
+
+
+def test_a_change_stream_says_how_many_bytes_behind_it_is() -> None:
+    def source(name: str, detail: dict[str, object]) -> SourceStatus:
+        return SourceStatus(app="shop", source=name, kind="pg_changes", node="n1", target="cdc",
+                            received=3, emitted=3, duplicates=0, errors=0, rejected={},
+                            lag_s=0.5, pending=2, last_error=None, detail=detail, at=0.0)
+
+    snap = RuntimeSnapshot(app="shop", node="n1", functions=(), sources=(
+        source("pg", {"lag_bytes": 4096}), source("other", {"lag_bytes": None})))
+    out = text(snap)
+    assert 'swell_source_lag_bytes{app="shop",kind="pg_changes",source="pg",target="cdc"} ' \
+           '4096.0' in out
+    assert 'swell_source_lag_bytes{app="shop",kind="pg_changes",source="other"' not in out
+    assert 'swell_source_pending{app="shop",kind="pg_changes",source="pg",target="cdc"} 2.0' in out

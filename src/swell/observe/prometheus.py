@@ -102,6 +102,9 @@ def _sources(app: str, sources: Iterable[SourceStatus]) -> Iterator[Any]:
                             "schedule's lateness, the oldest pending file).", labels=labels)
     pending = GaugeMetricFamily("swell_source_pending", "Occurrences seen, not yet stored.",
                                 labels=labels)
+    lag_bytes = GaugeMetricFamily("swell_source_lag_bytes", "How far behind a change stream is "
+                                  "in bytes of the database's log (PostgreSQL: the server's "
+                                  "current WAL position less the slot's).", labels=labels)
     for src in sources:
         values = [app, src.source, src.kind, src.target]
         for family, attr in counters:
@@ -111,9 +114,12 @@ def _sources(app: str, sources: Iterable[SourceStatus]) -> Iterator[Any]:
         if src.lag_s is not None:
             lag.add_metric(values, src.lag_s)
         pending.add_metric(values, float(src.pending))
+        behind = src.detail.get("lag_bytes")
+        if isinstance(behind, int | float) and not isinstance(behind, bool):
+            lag_bytes.add_metric(values, float(behind))
     for family, _ in counters:
         yield family
-    yield from (rejected, lag, pending)
+    yield from (rejected, lag, pending, lag_bytes)
 
 
 def metrics_app(latest: Latest) -> Any:
