@@ -34,9 +34,9 @@ async def status(broker_url: str | None) -> None:
     if sources:
         show(_sources(sources))
         for st in sources:
-            if st.last_error:
-                console.print(f"  [dim]{st.source} on {st.node}:[/] {st.last_error}",
-                              highlight=False)
+            for said in (_state(st), st.last_error):
+                if said:
+                    console.print(f"  [dim]{st.source} on {st.node}:[/] {said}", highlight=False)
     if not rows:
         if not sources:
             console.print("no function is running on this broker (start one with: swell run APP)")
@@ -73,6 +73,22 @@ async def status(broker_url: str | None) -> None:
 
 async def _read(broker: Broker) -> tuple[list[FunctionView], list[SourceStatus]]:
     return await read_functions(broker), await read_sources(broker)
+
+
+def _state(st: SourceStatus) -> str | None:
+    """What a source's node says of its connection and backlog, when there is something to say:
+    a broker out of reach, a node standing by, a change stream behind, events held."""
+    d, parts = st.detail, []
+    if d.get("connected") is False:
+        parts.append("disconnected")
+    if d.get("standby") is True or d.get("state") == "standby":
+        parts.append("standing by (another node reads)")
+    behind = d.get("lag_bytes")
+    if isinstance(behind, int) and behind > 0:
+        parts.append(f"{behind:,} B of log behind")
+    if st.pending:
+        parts.append(f"{st.pending:,} waiting to be stored")
+    return ", ".join(parts) or None
 
 
 def _sources(statuses: list[SourceStatus]) -> Table:
