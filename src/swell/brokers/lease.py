@@ -4,12 +4,17 @@ a partition of a consumer group, and soon a schedule).
 It is taken only when the key is free (``put_if_absent``), renewed by a compare-and-set on the
 revision it holds (so a holder that lost it, its entry expired and taken by another, learns so and
 never overwrites the new holder), and given up by deleting that revision. A holder that dies lets
-it run out within its TTL.
+it run out within its TTL, except one whose process on this machine is gone (a SIGKILL, a crash):
+its lease is taken over at once, so a node restarted in its place does not wait out the TTL. An
+owner names its process as a node id does (``host-pid-xxxx``, ``runtime.cluster.node_id``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import socket
 
 from swell.brokers.base import KV
 from swell.core.clock import Clock
@@ -37,10 +42,21 @@ class Lease:
         return self.revision is not None
 
     async def take(self) -> bool:
-        """Take the lease if the key is free."""
+        """Take the lease if the key is free, or held by a process of this machine that is gone."""
         self.revision = await self.kv.put_if_absent(self.key, self.owner, ttl_s=self.ttl_s)
+        if self.revision is None:
+            self.revision = await self._take_from_the_dead()
         self.renewed = self.clock.monotonic()
         return self.revision is not None
+
+    async def _take_from_the_dead(self) -> int | None:
+        entry = await self.kv.get(self.key)
+        if entry is None or not gone(entry.value):
+            return None
+        log.info("lease %s: its holder %s is gone, taken over at once", self.key,
+                 entry.value.decode(errors="replace"))
+        return await self.kv.compare_and_set(self.key, self.owner, entry.revision,
+                                             ttl_s=self.ttl_s)
 
     async def renew(self) -> bool:
         """Renew the lease held; ``False`` if it was lost meanwhile."""
@@ -67,3 +83,24 @@ class Lease:
                 await self.kv.delete(self.key, revision)
             except SwellError as exc:
                 log.debug("could not give up the lease %s: %s", self.key, exc)
+
+
+_OWNER = re.compile(rb"(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{4}")
+
+
+def gone(owner: bytes) -> bool:
+    """Whether ``owner`` (``host-pid-xxxx``) was a process of this machine that no longer runs
+    (never this process: two runtimes in one process hold leases apart)."""
+    m = _OWNER.fullmatch(owner)
+    if m is None or m["host"].decode(errors="replace") != socket.gethostname():
+        return False
+    pid = int(m["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False

@@ -23,6 +23,11 @@ key                                                what it holds
 ``swell/schedules/<app>/<schedule>/fire/<time>``   a schedule's claim on one fire time (TTL)
 ``swell/schedules/<app>/<schedule>/last``          a schedule's last firing and its outcome
 ``swell/files/<app>/<source>/<site>/<path hash>``  a file a watch emitted (site: host and folder)
+``swell/source-state/<app>/<source>/lease``        which node reads a change stream (TTL)
+``swell/source-state/<app>/<source>/position``     how far a change stream's events are stored
+``swell/source-state/<app>/<source>/slot``         the replication slot a pg_changes source reads
+``swell/source-state/<app>/<source>/slots/<i>``    an MQTT source's client-id slot, its node's lease
+``swell/source-state/<app>/<source>/slots``        the number of MQTT client-id slots ever used
 =================================================  ============================================
 """
 
@@ -40,6 +45,7 @@ __all__ = [
     "SCHEDULES",
     "SOURCES",
     "SOURCE_SEEN",
+    "SOURCE_STATE",
     "STATUS",
     "TOPIC_COUNTS",
     "files",
@@ -55,6 +61,7 @@ __all__ = [
     "sagas",
     "schedule",
     "source_seen",
+    "source_state",
     "source_status",
     "source_statuses",
     "status",
@@ -72,6 +79,7 @@ OUTBOX = "swell/outbox/"
 TOPIC_COUNTS = "swell/topic-counts/"
 SOURCES = "swell/sources/"
 SOURCE_SEEN = "swell/source-seen/"
+SOURCE_STATE = "swell/source-state/"
 SCHEDULES = "swell/schedules/"
 FILES = "swell/files/"
 
@@ -147,6 +155,11 @@ def source_status(app: str, source: str, node_id: str) -> str:
 
 def source_seen(stream: str, event_id: str) -> str:
     return f"{SOURCE_SEEN}{stream}/{event_id}"
+
+
+def source_state(app: str, source: str, what: str) -> str:
+    """A source's own record ``what``: ``lease``, ``position``, ``slot``, ``slots/<i>`` ..."""
+    return f"{SOURCE_STATE}{app}/{source}/{what}"
 
 
 def schedule(app: str, name: str) -> str:

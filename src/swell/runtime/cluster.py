@@ -42,7 +42,8 @@ _GAUGES = ("in_flight", "starting", "ready", "busy", "current")
 
 
 def node_id() -> str:
-    """``host-pid-xxxx``: unique even for two runtimes in one process."""
+    """``host-pid-xxxx``: unique even for two runtimes in one process (a lease held under it is
+    taken over at once once that process is gone: ``brokers.lease.gone``)."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
 
 

@@ -33,17 +33,19 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from swell.brokers.lease import Lease
+from swell.core import keys
 from swell.core.config import Duration, seconds, whole
 from swell.core.errors import AppError, ConfigError, SwellError
 from swell.core.event import Event
 from swell.triggers.base import SourceEnv, SourceStats, unbroken
-from swell.triggers.lease import Lease
 
 __all__ = ["SqliteChangesSource"]
 
 log = logging.getLogger("swell.sources")
 
 MAX_BACKOFF_S = 30.0
+LEASE_TTL_S = 15.0  # a node that stopped renewing is replaced after this (at once if it died here)
 OPS = ("insert", "update", "delete")
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # (unixepoch('subsec') needs SQLite 3.42)
 
@@ -127,9 +129,9 @@ class SqliteChangesSource:
     async def run(self, env: SourceEnv) -> None:
         if self._conn is None:
             await self.prepare()
-        lease = Lease(env.kv, f"swell/leases/{env.app}/sqlite_changes/{self.name}", env.node,
-                      env.clock)
-        checkpoint = f"swell/sources/{env.app}/{self.name}/stored"
+        lease = Lease(env.kv, keys.source_state(env.app, self.name, "lease"), env.node, env.clock,
+                      ttl_s=LEASE_TTL_S)
+        checkpoint = keys.source_state(env.app, self.name, "position")
         stored = version = -1
         try:
             while True:
