@@ -116,9 +116,12 @@ class Event(msgspec.Struct, Generic[T], frozen=True, kw_only=True, forbid_unknow
     def to_json(self) -> bytes:
         """The event as CloudEvents JSON (``to_dict``, encoded); an invalid one raises ``PayloadError``."""
         self._check()
-        if self.extensions or isinstance(self.data, bytes | bytearray | memoryview) \
-                or not _canonical_time(self.time):
+        if isinstance(self.data, bytes | bytearray | memoryview) or not _canonical_time(self.time):
             return encode_json(self._wire())
+        if self.extensions:  # the attributes as the struct writes them, the extensions, the data
+            head = encode_json(msgspec.structs.replace(self, extensions={}, data=None))
+            out = head[:-1] + b"," + encode_json(self.extensions)[1:-1]
+            return out + (b"}" if self.data is None else b',"data":' + encode_json(self.data) + b"}")
         return encode_json(self)  # the struct as it stands: the form the fast path reads
 
     def _check(self) -> None:
