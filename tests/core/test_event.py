@@ -154,6 +154,21 @@ def test_other_extensions_round_trip() -> None:
     assert json.loads(event.to_json())["tenant"] == "acme"
 
 
+@pytest.mark.parametrize("data", [{"a": [1, 2]}, None, "text", 3, b"\x00bytes"])
+def test_an_event_with_extensions_is_written_in_wire_order(data: Any) -> None:
+    """Attributes, then extensions, then data: what ``to_dict`` gives, encoded."""
+    event: Event[Any] = Event(type="t", source="/s", subject="sub", key="k", data=data,
+                              time=datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+                              extensions={"pglsn": "0/1A", "pgxid": 12})
+    raw = event.to_json()
+    assert raw == json.dumps(event.to_dict(), separators=(",", ":")).encode()
+    tail = ["pglsn", "pgxid"]
+    if data is not None:
+        tail.append("data_base64" if isinstance(data, bytes) else "data")
+    assert list(json.loads(raw))[-len(tail):] == tail
+    assert Event.from_json(raw) == event
+
+
 @pytest.mark.parametrize("when", [datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
                                   datetime(2024, 1, 2, 3, 4, 5)],  # naive: taken as UTC
                          ids=["utc", "naive"])
