@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from support.postgres import postgres  # noqa: F401  (the session fixture)
+from support.mosquitto import mosquitto  # noqa: F401  (session fixtures)
+from support.postgres import postgres  # noqa: F401
 from support.servers import NatsCluster, NatsProcess, missing_server, nats_server_binary
 from support.swellprocs import Swell
 from swell.brokers.memory import MemoryBroker

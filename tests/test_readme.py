@@ -34,6 +34,10 @@ NOT_RUN = {
 }
 """Shell lines the test does not run (by how they start), and why."""
 
+SERVERS = {"Telemetry and change streams: MQTT, PostgreSQL, SQLite": [("mosquitto", "MQTT_URL")]}
+"""Sections whose examples need a server: the fixture that starts one for the tests, and the
+variable that gives its URL to the example (which says its default)."""
+
 READY_S = 30.0    # for a background `swell run` to say it is running
 COMMAND_S = 120.0  # for one line or one script
 
@@ -227,8 +231,11 @@ class Reader:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("section", SECTIONS)
-def test_the_readme_section_runs_as_written(section: str, tmp_path: Path) -> None:
+def test_the_readme_section_runs_as_written(section: str, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
     reader = Reader(tmp_path)
+    for fixture, variable in SERVERS.get(section, ()):  # a reader has the server running
+        reader.env[variable] = request.getfixturevalue(fixture)
     for block in RUN:  # the files of the sections before: a reader has them by now
         if block.section == section:
             break
