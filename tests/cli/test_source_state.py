@@ -23,3 +23,5 @@ def test_a_sources_state_is_said_only_when_there_is_something_to_say() -> None:
         "standing by (another node reads)"
     assert _state(status({"state": "reading", "lag_bytes": 123_456})) == \
         "123,456 B of log behind"
+    assert _state(status({"connected": True, "adopted": [{"client_id": "swell-a-s-1"}]})) == \
+        "also draining swell-a-s-1 (adopted: their node is gone)"

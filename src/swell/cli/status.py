@@ -83,6 +83,11 @@ def _state(st: SourceStatus) -> str | None:
         parts.append("disconnected")
     if d.get("standby") is True or d.get("state") == "standby":
         parts.append("standing by (another node reads)")
+    adopted = d.get("adopted")
+    if isinstance(adopted, list) and adopted:
+        parts.append("also draining " + ", ".join(str(a.get("client_id")) for a in adopted
+                                                  if isinstance(a, dict))
+                     + " (adopted: their node is gone)")
     behind = d.get("lag_bytes")
     if isinstance(behind, int) and behind > 0:
         parts.append(f"{behind:,} B of log behind")

@@ -134,8 +134,8 @@ class SourceDeclarations:
         pydantic model, if given) or ``"bytes"``; a message that is neither goes to
         ``<name>.dlq`` with its reason. QoS 1 on a persistent session, acknowledged to the
         broker only once stored; with ``shared`` the subscription is MQTT 5's
-        ``$share/<app>/<filter>``, so each message reaches one node. See
-        ``swell.triggers.mqtt``."""
+        ``$share/<app>/<filter>``, so each message reaches one node; the sessions of nodes
+        gone for good are taken over by those that remain. See ``swell.triggers.mqtt``."""
         from swell.triggers.mqtt import MqttSource
 
         check_name("mqtt", name)
