@@ -6,13 +6,12 @@ from __future__ import annotations
 import random
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support.swellprocs import Swell, wait_for
+from support.swellprocs import NO_ENV, Swell, wait_for
 from swell.core.event import Event
 
 pytestmark = pytest.mark.slow
@@ -38,12 +37,6 @@ T0 = 1_800_000_000.0
 N = 20_000
 
 
-@dataclass(frozen=True)
-class NoEnv:
-    def env(self, sink: Path) -> dict[str, str]:
-        return {}
-
-
 def events() -> list[tuple[str, float, dict[str, Any]]]:
     """30 pages, 0.05 s apart in event time, most 0-3 s out of order, one in twenty 3-12 s late."""
     rng = random.Random(7)
@@ -60,7 +53,7 @@ def run(tmp_path: Path, *, kill_after_panes: int | None) -> set[tuple[str, Any, 
     (tmp_path / "clicks.py").write_text(APP)
     swell = Swell(tmp_path)
     try:
-        proc = swell.start(NoEnv(), app=tmp_path / "clicks.py", grace="5s")
+        proc = swell.start(NO_ENV, app=tmp_path / "clicks.py", grace="5s")
         swell.wait_ready(proc)
         swell.append_events("clicks", events())
         if kill_after_panes is not None:  # mid-stream: work done and not yet checkpointed
@@ -68,7 +61,7 @@ def run(tmp_path: Path, *, kill_after_panes: int | None) -> set[tuple[str, Any, 
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             assert swell.lag("clicks", "counts") > 0, "killed after the end: nothing to resume"
-            proc = swell.start(NoEnv(), app=tmp_path / "clicks.py", grace="5s")
+            proc = swell.start(NO_ENV, app=tmp_path / "clicks.py", grace="5s")
             swell.wait_ready(proc)
         wait_for(lambda: swell.lag("clicks", "counts") == 0, 120, "the group to catch up")
         time.sleep(1.0)

@@ -47,6 +47,17 @@ class AppEnv(Protocol):
 
 
 @dataclass(frozen=True)
+class NoEnv:
+    """An app that needs no environment of its own (it is written by the test)."""
+
+    def env(self, sink: Path) -> dict[str, str]:
+        return {}
+
+
+NO_ENV = NoEnv()
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """How ``sink_app.py`` is set up for one test."""
 
@@ -114,6 +125,15 @@ class Swell:
                 env={**os.environ, **config.env(self.sink)})
         self.procs.append((proc, log))
         return proc
+
+    def refused(self, app: Path, config: AppEnv = NO_ENV) -> str:
+        """Start ``swell run app``, which must stop at once with one ``error:`` line and no
+        traceback (a source that cannot start, a server out of reach); what it printed."""
+        proc = self.start(config, app=app)
+        assert proc.wait(30) == 1, self.log(proc)
+        out = self.log(proc)
+        assert "Traceback" not in out and out.strip().startswith("error:"), out
+        return out
 
     def log(self, proc: subprocess.Popen[bytes]) -> str:
         path = next(log for p, log in self.procs if p is proc)

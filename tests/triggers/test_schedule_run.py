@@ -8,13 +8,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from support.servers import NatsProcess
-from support.swellprocs import Swell
+from support.swellprocs import NO_ENV, Swell
 from swell.core.event import Event
 
 pytestmark = pytest.mark.slow
@@ -35,12 +34,6 @@ async def noop(data: dict) -> None:
 RUN_S = 20
 
 
-@dataclass(frozen=True)
-class NoEnv:
-    def env(self, sink: Path) -> dict[str, str]:
-        return {}
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "nats"])
 def test_three_nodes_fire_each_second_once(tmp_path: Path, backend: str,
                                            nats_servers: Callable[..., NatsProcess]) -> None:
@@ -48,7 +41,7 @@ def test_three_nodes_fire_each_second_once(tmp_path: Path, backend: str,
     (tmp_path / "ticker.py").write_text(APP)
     swell = Swell(tmp_path, url)
     try:
-        procs = [swell.start(NoEnv(), app=tmp_path / "ticker.py", grace="5s") for _ in range(3)]
+        procs = [swell.start(NO_ENV, app=tmp_path / "ticker.py", grace="5s") for _ in range(3)]
         for proc in procs:
             swell.wait_ready(proc)
         all_up = time.time()

@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ import msgspec
 import pytest
 
 from support.servers import NatsProcess, free_port
-from support.swellprocs import Swell, wait_for
+from support.swellprocs import NO_ENV, Swell, wait_for
 from swell.core.event import Event
 
 pytestmark = pytest.mark.slow
@@ -46,12 +45,6 @@ app.webhook("stripe", path="/hooks/stripe", to=events,
 app.webhook("slow", path="/hooks/slow", to=events, rate="1/s")
 app.object_events("s3", path="/hooks/s3", to=events, verify=Bearer({TOKEN!r}), suffix=".csv")
 '''
-
-
-@dataclass(frozen=True)
-class NoEnv:
-    def env(self, sink: Path) -> dict[str, str]:
-        return {}
 
 
 def github(body: bytes, delivery: str, secret: str = GH_SECRET) -> dict[str, str]:
@@ -87,7 +80,7 @@ class Running:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = self.swell.start(NoEnv(), app=self.swell.dir / "hooks.py",
+        self.proc = self.swell.start(NO_ENV, app=self.swell.dir / "hooks.py",
                                      http=f"127.0.0.1:{self.port}", grace="5s")
         self.swell.wait_http(self.proc, self.base)
 
