@@ -21,7 +21,8 @@ directory, ``wal_level=logical``, fsync off, a free loopback port) and, per repe
   Nothing is parsed or stored.
 - **swell**: ``PgChangesSource`` (same batch, ``poll=10ms``) running in-process as the runtime
   runs it, into ``app.stream("cdc", partitions=8)`` on a ``SqliteBroker`` file (the embedded
-  default): parse, one event per change, append, kv position, advance; the clock starts after
+  default): each batch written ahead to the kv store, the slot advanced, then parsed, one event
+  per change appended and the kv position written while the next peek runs; the clock starts after
   ``prepare()`` (the set-up checks ``swell run`` does before starting) and stops when the
   events on the stream reach the changes written.
 
@@ -30,7 +31,8 @@ same server cost per read, which here grows with the backlog: a slot's restart p
 at a running-transactions record (every 15 s, or a checkpoint), so each peek decodes again from
 there (a single peek of the whole backlog takes a fraction of the time of 40 batched ones).
 
-Target (issue 16): swell >= 0.5x the bare loop.
+Target (issue 16): swell >= 0.5x the bare loop, in the median of the repeats' ratios (each
+repeat's two readers drain the same writes).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import asyncio
 import datetime
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,8 +126,8 @@ async def bare(server: PgServer, slot: str, batch: int) -> tuple[int, float]:
     """Peek + advance until the slot is empty, counting row changes; the count and the seconds
     from connected to drained."""
     count = 0
+    t0 = time.perf_counter()  # (the connection included, as swell's clock includes its own)
     async with await psycopg.AsyncConnection.connect(server.dsn, autocommit=True) as conn:
-        t0 = time.perf_counter()
         while True:
             row = await (await conn.execute("SELECT pg_current_wal_flush_lsn()::text")).fetchone()
             assert row is not None
@@ -198,15 +201,20 @@ def one(server: PgServer, repeat: int, args: argparse.Namespace, work: Path) -> 
     return runs
 
 
+def pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """Per repeat, its bare run and its swell run (on the same slot contents)."""
+    return [(next(x for x in runs if x.repeat == r and x.target == "bare"),
+             next(x for x in runs if x.repeat == r and x.target == "swell"))
+            for r in sorted({x.repeat for x in runs})]
+
+
 def table(runs: list[Run], args: argparse.Namespace) -> Table:
     t = Table(title=f"changes/s draining a pre-filled slot; batch {args.batch}, "
                     f"{args.transactions:,} pgbench-style transactions")
     for name in ("repeat", "bare /s", "swell /s", "swell/bare", "load1 b/s"):
         t.add_column(name, justify="right")
-    for r in range(1, args.repeat + 1):
-        b = next(x for x in runs if x.repeat == r and x.target == "bare")
-        s = next(x for x in runs if x.repeat == r and x.target == "swell")
-        t.add_row(str(r), f"{b.rate:,.0f}", f"{s.rate:,.0f}", f"{s.rate / b.rate:.2f}x",
+    for b, s in pairs(runs):
+        t.add_row(str(b.repeat), f"{b.rate:,.0f}", f"{s.rate:,.0f}", f"{s.rate / b.rate:.2f}x",
                   f"{b.load1:.1f}/{s.load1:.1f}")
     return t
 
@@ -238,10 +246,14 @@ def main() -> None:
     console.print(table(runs, args))
     bare_best = max(r.rate for r in runs if r.target == "bare")
     swell_best = max(r.rate for r in runs if r.target == "swell")
-    ratio = swell_best / bare_best
-    console.print(f"best: bare {bare_best:,.0f}/s, swell {swell_best:,.0f}/s = {ratio:.2f}x "
-                  f"(target >= {TARGET}x: {'met' if ratio >= TARGET else 'NOT met'})",
-                  highlight=False)
+    console.print(f"best: bare {bare_best:,.0f}/s, swell {swell_best:,.0f}/s = "
+                  f"{swell_best / bare_best:.2f}x", highlight=False)
+    ratios = [s.rate / b.rate for b, s in pairs(runs)]
+    ratio = statistics.median(ratios)
+    console.print(f"median: bare {statistics.median(b.rate for b, _ in pairs(runs)):,.0f}/s, "
+                  f"swell {statistics.median(s.rate for _, s in pairs(runs)):,.0f}/s; median of "
+                  f"the repeats' swell/bare {ratio:.2f}x (target >= {TARGET}x: "
+                  f"{'met' if ratio >= TARGET else 'NOT met'})", highlight=False)
     l1 = os.getloadavg()
     console.print(f"load avg at end {l1[0]:.2f} {l1[1]:.2f} {l1[2]:.2f} (a shared machine: "
                   "the load columns are the 1-min load before each reader)", highlight=False)

@@ -1,15 +1,20 @@
 """The PostgreSQL change source in-process, against a real server the tests start (support/postgres.py)
 and a SQLite broker: row changes arrive once each, in commit order, typed and keyed; a rolled-back
 transaction gives nothing; a crash between storing and confirming repeats nothing the kv position
-names; one node of two reads; a lost connection is reconnected; a dropped slot is said, not
-recreated; and a server or table that cannot work is one clear error before the app runs."""
+names; a crash after a batch is written ahead and the slot advanced past it, before its events are
+stored, loses nothing and repeats only that batch; the next peek runs while a batch is stored; a
+buffer another node wrote is not overwritten unread; a batch too large for the buffer is stored
+before the slot advances; one node of two reads; a lost connection is reconnected; a dropped slot
+is said, not recreated; and a server or table that cannot work is one clear error before the app
+runs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +32,12 @@ from swell.brokers.producer import Producer
 from swell.brokers.sqlite import SqliteBroker
 from swell.core import keys
 from swell.core.clock import SYSTEM_CLOCK
-from swell.core.errors import AppError, ConfigError
+from swell.core.errors import AppError, BrokerError, ConfigError
 from swell.core.event import Event
+from swell.triggers import pgchanges
 from swell.triggers.base import Emitter, SourceEnv
 from swell.triggers.pgchanges import PgChangesSource
+from swell.triggers.pgoutput import format_lsn, parse_lsn, transactions
 
 APP = "shop"
 STREAM = "cdc"
@@ -74,12 +81,14 @@ def source(server: PgServer, table: str, **options: Any) -> PgChangesSource:
 
 @contextlib.asynccontextmanager
 async def running(src: PgChangesSource, broker: SqliteBroker, kv: KV | None = None,
-                  node: str = "node-1", wait: bool = True) -> AsyncIterator[PgChangesSource]:
-    """``src`` prepared and running, as the runtime runs it; cancelled on the way out."""
+                  node: str = "node-1", wait: bool = True,
+                  emitter: Callable[..., Emitter] = Emitter) -> AsyncIterator[PgChangesSource]:
+    """``src`` prepared and running, as the runtime runs it (``emitter``: the Emitter class, or
+    a fake of one); cancelled on the way out."""
     kv = kv if kv is not None else broker.kv
-    emitter = Emitter(Producer(broker, source=f"swell/{APP}"), kv, src.target, src.stats,
-                      source=f"/swell/{APP}/pg_changes/{src.name}", dead_letter=src.dead_letter)
-    env = SourceEnv(app=APP, node=node, emitter=emitter, kv=kv, clock=SYSTEM_CLOCK)
+    made = emitter(Producer(broker, source=f"swell/{APP}"), kv, src.target, src.stats,
+                   source=f"/swell/{APP}/pg_changes/{src.name}", dead_letter=src.dead_letter)
+    env = SourceEnv(app=APP, node=node, emitter=made, kv=kv, clock=SYSTEM_CLOCK)
     await src.prepare()
     task = asyncio.create_task(src.run(env))
     try:
@@ -192,6 +201,151 @@ async def test_a_crash_after_storing_and_before_confirming_repeats_nothing(
         events = await settled(broker, 1)
         assert again.stats.received == 1
     assert [e.key for e in events] == ["2"]
+
+
+class Dying(Emitter):
+    """An Emitter that stores its first batch, one event of its second, then nothing: as a
+    broker gone mid-append, or a process killed then (what the emitter held is gone)."""
+
+    calls = 0
+
+    async def emit(self, events: Sequence[Event[Any]], *, dedup: bool = True) -> list[bool]:
+        self.calls += 1
+        if self.calls == 1:
+            return await super().emit(events, dedup=dedup)
+        if self.calls == 2:
+            await super().emit(events[:1], dedup=dedup)
+        raise BrokerError("the broker is gone")
+
+
+class Gated(Emitter):
+    """An Emitter whose stores wait until ``gate`` opens (``waiting``: one is held)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate, self.waiting = asyncio.Event(), False
+
+    async def emit(self, events: Sequence[Event[Any]], *, dedup: bool = True) -> list[bool]:
+        self.waiting = True
+        await self.gate.wait()
+        return await super().emit(events, dedup=dedup)
+
+
+def commit_ends(server: PgServer, src: PgChangesSource) -> list[str]:
+    """Each transaction's end LSN the slot holds, in commit order (no source reads it now)."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
+            "'proto_version', '1', 'publication_names', %s)", (src.slot, src.publication)).fetchall()
+    return [format_lsn(t.commit.end_lsn) for t in transactions([bytes(r[0]) for r in rows], {})]
+
+
+def confirmed(server: PgServer, src: PgChangesSource) -> str:
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                           "WHERE slot_name = %s", (src.slot,)).fetchone()
+    return str(row[0]) if row else ""
+
+
+def written_ahead(raw: bytes, slot: str) -> set[str]:
+    """The event ids of the changes in a write-ahead buffer (its ``rows``: pgoutput messages)."""
+    ids: set[str] = set()
+    for tx in transactions(msgspec.msgpack.decode(raw)["rows"], {}):
+        ids |= {f"{slot}:{format_lsn(tx.begin.final_lsn)}:{n}" for n in range(len(tx.changes))}
+    return ids
+
+
+async def twelve_waiting(postgres: PgServer, table: str, broker: SqliteBroker) -> list[str]:
+    """The slot made, then 12 one-row transactions in it, none read; their end LSNs."""
+    src = source(postgres, table)
+    async with running(src, broker):
+        await until(lambda: src.detail()["lag_bytes"] == 0, "the slot")
+    sql(postgres, *(f"INSERT INTO {table} (id) VALUES ({i})" for i in range(1, 13)))
+    return commit_ends(postgres, src)
+
+
+async def test_a_crash_after_writing_ahead_and_advancing_loses_nothing_and_repeats_that_batch_only(
+        postgres: PgServer, table: str, broker: SqliteBroker) -> None:
+    ends = await twelve_waiting(postgres, table, broker)
+    # batches of 10 messages: a Relation and 3 transactions (Begin, Insert, Commit) each
+    dying = source(postgres, table, batch=10)
+    async with running(dying, broker, emitter=Dying):
+        await until(lambda: dying.stats.errors >= 2, "the broker gone, and tried again")
+        await asyncio.sleep(0.2)  # (while its store fails, it neither peeks nor advances)
+        assert dying.stats.pending == 3  # the batch read and not stored
+        stored = {int(e.key or 0) for e in await stream(broker)}
+    # the first batch stored, one change of the second, and the slot advanced past the second:
+    # two of its changes are in the buffer only
+    assert stored == {1, 2, 3, 4} and confirmed(postgres, dying) == ends[5]
+    ahead = await broker.kv.get(keys.source_state(APP, "cdc-src", "ahead"))
+    assert ahead is not None
+    batch = written_ahead(ahead.value, dying.slot)
+    assert len(batch) == 3
+    async with running(source(postgres, table), broker) as again:  # as if restarted
+        events = await settled(broker, 13)
+        assert again.stats.received == 3 + 6
+    counts = Counter(e.id for e in events)
+    assert sorted(int(e.key or 0) for e in {e.id: e for e in events}.values()) == list(range(1, 13))
+    repeated = {i for i, n in counts.items() if n > 1}
+    assert len(repeated) == 1 and repeated <= batch  # repeats only of the batch written ahead
+    for key in {e.key for e in events}:  # per key, commit order
+        mine = [e for e in events if e.key == key]
+        assert mine == sorted(mine, key=lsn)
+
+
+async def test_the_next_peek_runs_while_a_batch_is_stored(
+        postgres: PgServer, table: str, broker: SqliteBroker) -> None:
+    ends = await twelve_waiting(postgres, table, broker)
+    made: list[Gated] = []
+
+    def gated(*args: Any, **kwargs: Any) -> Emitter:
+        made.append(Gated(*args, **kwargs))
+        return made[-1]
+
+    async with running(source(postgres, table, batch=10), broker, emitter=gated) as src:
+
+        def peeked_after_advancing() -> bool:  # the connection's last statement is a peek, and
+            with psycopg.connect(postgres.dsn, autocommit=True) as conn:  # came after the advance
+                row = conn.execute("SELECT state, query FROM pg_stat_activity "
+                                   "WHERE application_name = 'swell cdc-src'").fetchone()
+            return confirmed(postgres, src) == ends[2] and row is not None and row[0] == "idle" \
+                and "pg_logical_slot_peek_binary_changes" in str(row[1])
+
+        await until(lambda: made and made[0].waiting, "the first batch being stored")
+        await until(peeked_after_advancing, "the second peek, the first batch not stored")
+        await asyncio.sleep(0.1)
+        # one batch outstanding: the second is not written ahead, the slot waits
+        assert await stream(broker) == [] and src.stats.pending == 3
+        assert confirmed(postgres, src) == ends[2]
+        made[0].gate.set()
+        events = await settled(broker, 12)
+        await until(lambda: parse_lsn(confirmed(postgres, src)) >= parse_lsn(ends[-1]),
+                    "the slot advanced")
+    assert sorted(int(e.key or 0) for e in events) == list(range(1, 13))
+
+
+async def test_a_buffer_another_node_wrote_is_not_overwritten_unread(
+        postgres: PgServer, table: str, broker: SqliteBroker, caplog: pytest.LogCaptureFixture) -> None:
+    async with running(source(postgres, table), broker) as src:
+        sql(postgres, f"INSERT INTO {table} (id) VALUES (1)")
+        await settled(broker, 1, quiet_s=0)
+        # as a node that took the lease meanwhile would (this one not knowing it lost it)
+        await broker.kv.put(keys.source_state(APP, "cdc-src", "ahead"), b"another node's")
+        sql(postgres, f"INSERT INTO {table} (id) VALUES (2)")
+        events = await settled(broker, 2)
+        assert src.stats.errors >= 1 and src.stats.last_error is None
+    assert "another node wrote the slot's write-ahead buffer" in caplog.text
+    assert sorted(int(e.key or 0) for e in events) == [1, 2]
+
+
+async def test_a_batch_too_large_to_write_ahead_is_stored_before_the_slot_advances(
+        postgres: PgServer, table: str, broker: SqliteBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pgchanges, "AHEAD_MAX_BYTES", 0)
+    async with running(source(postgres, table), broker):
+        sql(postgres, *(f"INSERT INTO {table} (id) VALUES ({i})" for i in range(1, 6)))
+        events = await settled(broker, 5)
+    assert sorted(int(e.key or 0) for e in events) == list(range(1, 6))
+    assert await broker.kv.get(keys.source_state(APP, "cdc-src", "ahead")) is None
 
 
 async def system_id(server: PgServer) -> str:

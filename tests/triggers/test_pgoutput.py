@@ -32,6 +32,7 @@ from swell.triggers.pgoutput import (
     convert,
     format_lsn,
     key_text,
+    outline,
     parse,
     parse_lsn,
     row_data,
@@ -115,6 +116,17 @@ def test_every_change_of_the_captured_session() -> None:
     assert truncate == Truncate((T_OID, F_OID), cascade=False, restart_identity=False)
     assert relations[F_OID].replica_identity == "f"
     assert all(c.key for c in relations[F_OID].columns)  # FULL: every column is the identity
+
+
+def test_an_outline_says_what_a_peek_holds_as_parsing_it_would() -> None:
+    relations: dict[int, Relation] = {}
+    txs = transactions(messages(), relations)
+    seen = outline(messages())
+    assert seen.changes == sum(len(t.changes) for t in txs) == 8
+    assert seen.end_lsn == txs[-1].commit.end_lsn and seen.first_time == txs[0].begin.time
+    assert seen.relations == relations
+    assert outline([]) == (0, None, None, {})
+    assert outline(messages()[:4]).end_lsn is None  # a Begin and no Commit yet
 
 
 def test_event_data_from_changes() -> None:

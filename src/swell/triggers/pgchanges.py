@@ -12,15 +12,27 @@ Why the ``pgoutput`` plugin, read through SQL functions
     ``wal2json`` is not in a stock server. Peek returns whole transactions (it re-sends a table's
     Relation message before its first change in each call), so a batch never splits one.
 
-Durable before confirmed
-    Each round reads the server's flushed WAL position ``L``, peeks up to ``batch`` messages
-    (whole transactions) committed before ``L``, stores their events (``emit(dedup=False)``),
-    writes the last stored commit's end LSN to the kv store, and only then advances the slot (to
-    ``L`` when the peek reached it, so a slot whose tables are idle keeps up with the WAL of
-    others). A crash before the advance: the next start peeks the same transactions again and
-    skips those at or below the kv position, so at most the batch being appended when swell died
-    is repeated, with the same event ids (``<slot>:<commit LSN>:<n>``, ``n`` the change's index
-    in its transaction).
+Durable before confirmed: a write-ahead buffer
+    Each round peeks up to ``batch`` messages (whole transactions) committed before the server's
+    flushed WAL position ``L`` (read again once the slot reaches it). Their bytes, as the server
+    sent them, are written to one kv record (``ahead``: with the slot, the server's system id and
+    the position past them: ``L`` when the peek reached it, so a slot whose tables are idle keeps
+    up with the WAL of others, else the batch's last commit end), and only then is the slot
+    advanced (after a full batch, in one trip with the next peek). Their events are stored
+    (``emit(dedup=False)``), then the last commit's end LSN is written to the kv ``position``,
+    while the server advances the slot and decodes the next peek; the next batch's buffer is
+    written only once that is done (one batch outstanding). A batch that could not be stored (the
+    broker down) is tried again from the buffer, and no further peek is made until it is. On
+    start, a buffer of this slot and server is stored first, skipping the transactions at or
+    below the kv position. As safe as storing before advancing: every change is, at each moment,
+    in the slot (not yet advanced past it) or in the buffer (which is only overwritten once its
+    batch is stored), so a crash loses nothing, and it repeats at most part of the one batch being
+    stored (the part stored and not yet named by the kv position), with the same event ids
+    (``<slot>:<commit LSN>:<n>``, ``n`` the change's index in its transaction). The buffer is
+    written by compare-and-set on the revision the node last saw (and so stored), so a node that
+    lost its lease unawares cannot overwrite a batch another has not stored. A batch of more than
+    ``AHEAD_MAX_BYTES`` (a NATS kv value is capped near 1 MiB) is stored before the slot advances,
+    as every batch was before; the next peek waits for it.
 
 Events
     ``type`` ``pg.insert`` / ``pg.update`` / ``pg.delete``, ``subject`` the table, ``time`` the
@@ -37,16 +49,18 @@ One reader, lag, failures
     Only the node holding a kv lease reads the slot; the others stand by and take over when it
     lapses (``LEASE_TTL_S``). ``stats.lag_s``: the age of the oldest commit read and not yet
     stored (``stats.pending``: its changes); ``detail()["lag_bytes"]``: the server's WAL position
-    minus the slot's confirmed one. A lost connection or broker is retried with backoff, logged
-    once per outage, shown as ``last_error``: the source never stops. Bad set-up (``wal_level``,
-    privileges, tables, the publication) stops ``swell run`` in ``prepare()`` with one line; a
-    slot swell read that is gone is reported and waited for, never made again silently. kv keys
-    ``swell/source-state/<app>/<source>/``: ``slot`` (the slot read), ``position``, ``lease``."""
+    (as last read: while a backlog is read, the one it ends at) minus the slot's confirmed one.
+    A lost connection or broker is retried with backoff, logged once per outage, shown as
+    ``last_error``: the source never stops. Bad set-up (``wal_level``, privileges, tables, the
+    publication) stops ``swell run`` in ``prepare()`` with one line; a slot swell read that is
+    gone is reported and waited for, never made again silently. kv keys
+    ``swell/source-state/<app>/<source>/``: ``slot`` (the slot read), ``position``, ``ahead``,
+    ``lease``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -57,32 +71,29 @@ import msgspec
 from swell.brokers.lease import Lease
 from swell.core import keys
 from swell.core.config import Duration, seconds, whole
-from swell.core.errors import AppError, ConfigError, MessageTooLarge, MissingDependency, SwellError
+from swell.core.errors import AppError, ConfigError, MessageTooLarge, SwellError
 from swell.core.event import Event
-from swell.triggers import pgoutput
+from swell.triggers import pgoutput, pgsetup
 from swell.triggers.base import SourceEnv, SourceStats, unbroken
 from swell.triggers.pgoutput import Truncate, format_lsn, parse_lsn
+from swell.triggers.pgsetup import slot_name
 
 if TYPE_CHECKING:
     import psycopg
 
     from swell.triggers.pgoutput import Relation, Transaction
 
-__all__ = ["LEASE_TTL_S", "PgChangesSource", "slot_name"]
+Keys = dict[int, tuple[str, ...]]
+
+__all__ = ["AHEAD_MAX_BYTES", "LEASE_TTL_S", "PgChangesSource", "slot_name"]
 
 log = logging.getLogger("swell.sources")
 
 LEASE_TTL_S = 10.0
 """How long the reading node's lease holds; a standby takes over within about 1.3 times this."""
 MAX_BACKOFF_S = 30.0
-
-
-def slot_name(name: str) -> str:
-    """``swell_<name>`` as a slot name may be (``[a-z0-9_]``, at most 63 characters)."""
-    clean = "swell_" + re.sub(r"[^a-z0-9_]", "_", name.lower())
-    if len(clean) > 63:
-        clean = clean[:54] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return clean
+AHEAD_MAX_BYTES = 512 * 1024
+"""A batch of more bytes is stored before the slot advances, not written ahead (module doc)."""
 
 
 class _Mark(msgspec.Struct, frozen=True):
@@ -92,6 +103,17 @@ class _Mark(msgspec.Struct, frozen=True):
     system: str
     lsn: str = ""
 
+
+class _Batch(msgspec.Struct, frozen=True):
+    """One peek: its messages and the position past them (the ``ahead`` record, in msgpack)."""
+
+    slot: str
+    system: str
+    upto: int
+    rows: list[bytes]
+
+
+_AHEAD = msgspec.msgpack.Encoder()
 
 class PgChangesSource:
     """Row changes of PostgreSQL ``tables`` (``"schema.table"``) as events on ``to``, read from
@@ -128,9 +150,14 @@ class PgChangesSource:
         self.lag_bytes: int | None = None
         self.standby, self.position = False, 0
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._relations: dict[int, Relation] = {}
-        self._keys: dict[int, tuple[str, ...]] = {}
+        self._keys: Keys = {}
         self._confirmed, self._system, self._backoff_s, self._outage = 0, "", 0.0, False
+        self._flushed, self._owed = 0, False  # (owed: the slot is to advance to _confirmed)
+        # the batch written ahead and not yet stored (with its tables' keys), the task storing it
+        # (none: not tried yet, or failed), and the buffer's revision this node last saw
+        self._ahead: tuple[_Batch, Keys] | None = None
+        self._task: asyncio.Future[None] | None = None
+        self._ahead_rev: int | None = None
         self._base: Event[Any] | None = None
         self._pub = '"' + self.publication.replace('"', '""') + '"'  # as publication_names takes it
 
@@ -143,9 +170,9 @@ class PgChangesSource:
         """Before the app runs: the server is reachable, ``wal_level`` is logical, the role may
         replicate, every table exists with a primary key or replica identity, and the
         publication is (or is made) the one for them; else one clear ``ConfigError``."""
-        conn = await connect(self.dsn, self.name)
+        conn = await pgsetup.connect(self.dsn, self.name)
         try:
-            await check_server(conn, self.name, self.tables, self.publication)
+            await pgsetup.check_server(conn, self.name, self.tables, self.publication)
         finally:
             await conn.close()
 
@@ -159,8 +186,7 @@ class PgChangesSource:
             while True:
                 try:
                     if not await lease.hold():
-                        self.standby, self.stats.pending, self.stats.lag_s = True, 0, None
-                        await self._close()
+                        await self._stand_by()
                         await env.clock.sleep(LEASE_TTL_S / 3)
                         continue
                     self.standby = False
@@ -171,47 +197,118 @@ class PgChangesSource:
                         await self._close()
                     await env.clock.sleep(self._next_backoff())
         finally:
+            if self._task is not None:  # a stop waits for the batch being stored
+                with contextlib.suppress(Exception):
+                    await self._task
             await self._close()
             await lease.release()
 
-    # -- one round: peek, store, advance ---------------------------------------------------------
+    async def _stand_by(self) -> None:
+        """Another node holds the lease: the batch being stored is finished, and one not stored
+        is left to the buffer (the holder stores it first)."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+        self._ahead, self._task = None, None
+        self.standby, self.stats.pending, self.stats.lag_s = True, 0, None
+        await self._close()
+
+    # -- one round: peek (the last batch stored meanwhile), write ahead, advance -----------------
     async def _round(self, env: SourceEnv) -> None:
         conn = await self._connection(env)  # (a slot dropped meanwhile: the peek fails, and the
         # connection is made again, which finds it gone)
-        row = await (await conn.execute("SELECT pg_current_wal_flush_lsn()::text")).fetchone()
-        flushed, confirmed = parse_lsn(row[0] if row else "0/0"), self._confirmed
+        if self._ahead is not None and self._task is None:  # from the buffer, or failed: stored
+            await self._settle(env)  # before any further peek
+        if self._flushed <= self._confirmed:  # (while a backlog before it is read, not again)
+            row = await (await conn.execute("SELECT pg_current_wal_flush_lsn()::text")).fetchone()
+            self._flushed = parse_lsn(row[0] if row else "0/0")
+        flushed, confirmed = self._flushed, self._confirmed
         self.lag_bytes, rows = max(flushed - confirmed, 0), []
         if flushed > confirmed:
             cur = conn.cursor(binary=True)
-            await cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, "
-                              "%s, 'proto_version', '1', 'publication_names', %s)",
-                              (self.slot, format_lsn(flushed), self.batch, self._pub))
-            rows = await cur.fetchall()
-            txs = pgoutput.transactions([r[0] for r in rows], self._relations)
-            for oid in self._relations.keys() - self._keys.keys():
-                self._keys[oid] = await pk_columns(conn, oid)
+            async with pgsetup.one_trip(conn):  # the advance owed (after a full batch) and the peek
+                if self._owed:
+                    await self._advance(conn, confirmed)
+                await cur.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, "
+                                  "%s::pg_lsn, %s, 'proto_version', '1', 'publication_names', %s)",
+                                  (self.slot, format_lsn(flushed), self.batch, self._pub))
+                rows = [bytes(r[0]) for r in await cur.fetchall()]
+        elif self._owed:
+            await self._advance(conn, confirmed)
+        outline = await self._outline(conn, rows)
+        await self._settle(env)  # the last batch, stored meanwhile
+        if flushed > confirmed:
             # every transaction committed before ``flushed`` was read unless the batch was full
-            upto = flushed if len(rows) < self.batch else max(
-                (t.commit.end_lsn for t in txs), default=confirmed)
-            await self._store(env, [t for t in txs if t.commit.end_lsn > self.position], upto)
-            if upto > confirmed:
-                await conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
-                                   (self.slot, format_lsn(upto)))
-                self._confirmed, self.lag_bytes = upto, max(flushed - upto, 0)
+            upto = flushed if len(rows) < self.batch else outline.end_lsn or confirmed
+            batch = _Batch(self.slot, self._system, upto, rows)
+            if outline.changes and sum(map(len, rows)) <= AHEAD_MAX_BYTES:
+                await self._write_ahead(env, batch)
+            elif outline.changes:
+                await self._store(env, batch, self._keys)
+            if upto > confirmed:  # (after a full batch, owed: sent with the next peek, at once)
+                self._confirmed, self.lag_bytes, self._owed = upto, max(flushed - upto, 0), True
+                if len(rows) < self.batch:
+                    await self._advance(conn, upto)
         self._recovered()
-        self.stats.pending, self.stats.lag_s = 0, 0.0
         if not rows:
             await env.clock.sleep(self.poll_s)
 
-    async def _store(self, env: SourceEnv, txs: list[Transaction], upto: int) -> None:
-        """Store the transactions' events, then the position: the slot may advance after this."""
+    async def _advance(self, conn: psycopg.AsyncConnection[Any], lsn: int) -> None:
+        await conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)",
+                           (self.slot, format_lsn(lsn)))
+        self._owed = False
+
+    async def _outline(self, conn: psycopg.AsyncConnection[Any],
+                       rows: list[bytes]) -> pgoutput.Outline:
+        """``rows``' outline, with the primary keys of tables new to this connection looked up."""
+        outline = pgoutput.outline(rows)
+        for oid in outline.relations.keys() - self._keys.keys():
+            self._keys[oid] = await pgsetup.pk_columns(conn, oid)
+        return outline
+
+    async def _write_ahead(self, env: SourceEnv, batch: _Batch) -> None:
+        """Write ``batch`` to the buffer (the slot may advance past it after this), and store it
+        while the server advances the slot and decodes the next peek. The buffer is written only
+        over the revision this node last saw (and so stored)."""
+        key, raw = keys.source_state(env.app, self.name, "ahead"), _AHEAD.encode(batch)
+        rev = (await env.kv.put_if_absent(key, raw) if self._ahead_rev is None
+               else await env.kv.compare_and_set(key, raw, self._ahead_rev))
+        if rev is None:  # read again, with the slot's state, on the next connection
+            await self._close()
+            raise SwellError(f"pg_changes {self.name!r}: another node wrote the slot's "
+                             "write-ahead buffer meanwhile (a lease lost?); reading it again")
+        self._ahead_rev, self._ahead = rev, (batch, self._keys)
+        self._task = asyncio.ensure_future(self._store(env, batch, self._keys))
+
+    async def _settle(self, env: SourceEnv) -> None:
+        """The batch written ahead, stored (now, unless a task is storing it); if it cannot be,
+        the error is raised and the batch is tried again before any further peek."""
+        if self._ahead is None:
+            return
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._store(env, *self._ahead))
+        try:
+            await asyncio.shield(self._task)
+        finally:
+            if self._task.done():
+                self._task = None
+        self._ahead = None
+
+    async def _store(self, env: SourceEnv, batch: _Batch, pks: Keys) -> None:
+        """Store the events of the batch's transactions after the kv position, then the
+        position."""
+        relations: dict[int, Relation] = {}
+        txs = [t for t in pgoutput.transactions(batch.rows, relations)
+               if t.commit.end_lsn > self.position]
         events: list[Event[Any]] = []
         rejects: list[tuple[Event[Any], str, str | None]] = []
-        for tx in txs:
-            self._events(env, tx, events, rejects)
+        for i, tx in enumerate(txs):
+            if i % 100 == 0:  # the loop answers the server meanwhile: the next peek goes sooner
+                await asyncio.sleep(0)
+            self._events(env, tx, relations, pks, events, rejects)
         self.stats.pending = len(events) + len(rejects)
         self.stats.lag_s = max(0.0, env.clock.time() - txs[0].begin.time.timestamp()) if txs else 0.0
-        mark = _Mark(self.slot, self._system, format_lsn(max([upto] + [t.commit.end_lsn for t in txs])))
+        mark = _Mark(self.slot, self._system, format_lsn(max([batch.upto] + [t.commit.end_lsn for t in txs])))
 
         async def step() -> None:
             try:
@@ -231,9 +328,10 @@ class PgChangesSource:
         await unbroken(step())
         self.stats.received += self.stats.pending
         self.position = max(self.position, parse_lsn(mark.lsn))
+        self.stats.pending, self.stats.lag_s = 0, 0.0
 
-    def _events(self, env: SourceEnv, tx: Transaction, events: list[Event[Any]],
-                rejects: list[tuple[Event[Any], str, str | None]]) -> None:
+    def _events(self, env: SourceEnv, tx: Transaction, relations: dict[int, Relation], pks: Keys,
+                events: list[Event[Any]], rejects: list[tuple[Event[Any], str, str | None]]) -> None:
         lsn, n = format_lsn(tx.begin.final_lsn), 0
         if self._base is None:  # built the Emitter's way once, then copied (a tenth the cost)
             self._base = env.emitter.event(None, attributes={"pglsn": "", "pgxid": 0})
@@ -241,8 +339,8 @@ class PgChangesSource:
                                        extensions={"pglsn": lsn, "pgxid": tx.begin.xid})
         for change in tx.changes:
             for oid in change.relations if isinstance(change, Truncate) else (change.relation,):
-                rel = self._relations[oid]
-                data = pgoutput.row_data(change, rel, self._keys.get(oid, ()))
+                rel = relations[oid]
+                data = pgoutput.row_data(change, rel, pks.get(oid, ()))
                 event = msgspec.structs.replace(
                     base, data=data, id=f"{self.slot}:{lsn}:{n}", type=f"pg.{data['op']}",
                     subject=rel.qualified, key=pgoutput.key_text(data["key"]))
@@ -258,17 +356,19 @@ class PgChangesSource:
     async def _connection(self, env: SourceEnv) -> psycopg.AsyncConnection[Any]:
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        conn = await connect(self.dsn, self.name)
+        conn = await pgsetup.connect(self.dsn, self.name)
+        self._keys, self._flushed, self._owed = {}, 0, False
         try:
             await self._open_slot(conn, env)
         except BaseException:
             await conn.close()
             raise
-        self._conn, self._relations, self._keys = conn, {}, {}
+        self._conn = conn
         return conn
 
     async def _open_slot(self, conn: psycopg.AsyncConnection[Any], env: SourceEnv) -> None:
-        """Find the slot (or create it the first time), and the position stored in it."""
+        """Find the slot (or create it the first time), the position stored in it, and a batch
+        written ahead and maybe not stored."""
         slot_key = keys.source_state(env.app, self.name, "slot")
         # with the server's identity (a restored or another server has another; "" for a role
         # that may not read it)
@@ -281,7 +381,7 @@ class PgChangesSource:
         entry = await env.kv.get(slot_key)
         known = entry is not None and _decode(entry.value) == _Mark(self.slot, self._system)
         if plugin is None and known:
-            raise ConfigError(self._dropped())
+            raise ConfigError(pgsetup.slot_gone(self.slot))
         if plugin is not None and (plugin != "pgoutput" or not here):
             raise ConfigError(
                 f"replication slot {self.slot!r} exists for plugin "
@@ -299,12 +399,14 @@ class PgChangesSource:
         mark = _decode(entry.value) if entry is not None else None
         if mark is not None and (mark.slot, mark.system) == (self.slot, self._system):
             self.position = max(self.position, parse_lsn(mark.lsn))
-
-    def _dropped(self) -> str:
-        return (f"replication slot {self.slot!r} is gone (dropped, or "
-                "the server restored), so changes made since may be lost. To start again from "
-                "now on purpose, create it: SELECT pg_create_logical_replication_slot("
-                f"'{self.slot}', 'pgoutput');")
+        entry = await env.kv.get(keys.source_state(env.app, self.name, "ahead"))
+        if self._ahead is None:  # (this node's own, not stored yet, stays, with its revision)
+            self._ahead_rev = entry.revision if entry is not None else None
+            batch = _unpack(entry.value) if entry is not None else None
+            if batch is not None and (batch.slot, batch.system) == (self.slot, self._system) \
+                    and batch.upto > self.position:
+                await self._outline(conn, batch.rows)
+                self._ahead = batch, self._keys
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -314,9 +416,9 @@ class PgChangesSource:
     # -- failures ------------------------------------------------------------------------------
     def _failure(self, exc: BaseException) -> None:
         self.stats.errors += 1
-        self.stats.last_error = text = first_line(exc)
+        self.stats.last_error = text = pgsetup.first_line(exc)
         if not self._outage:  # one line per outage
-            log.warning("pg_changes %s (%s): %s; retrying", self.name, where(self.dsn), text)
+            log.warning("pg_changes %s (%s): %s; retrying", self.name, pgsetup.where(self.dsn), text)
         self._outage = True
 
     def _recovered(self) -> None:
@@ -330,117 +432,13 @@ class PgChangesSource:
         return self._backoff_s
 
 
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-
-
 def _decode(raw: bytes) -> _Mark | None:
     with contextlib.suppress(msgspec.DecodeError):
         return msgspec.json.decode(raw, type=_Mark)
     return None
 
 
-# -- the server's set-up, checked before the app runs ----------------------------------------------
-def where(dsn: str) -> str:
-    """``host:port`` of a DSN (never its password)."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        info = conninfo_to_dict(dsn)
-    except Exception:  # a DSN psycopg cannot read: the connect says why
-        return "?"
-    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
-
-
-async def connect(dsn: str, name: str) -> psycopg.AsyncConnection[Any]:
-    """An autocommit connection, or a ``ConfigError`` naming host:port."""
-    try:
-        import psycopg
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependency("psycopg", "postgres") from exc
-    try:
-        return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, connect_timeout=5, application_name=f"swell {name}"[:63])
-    except psycopg.Error as exc:
-        raise ConfigError(f"pg_changes {name!r}: cannot connect to PostgreSQL at {where(dsn)}: "
-                          f"{first_line(exc)}") from exc
-
-
-async def check_server(conn: psycopg.AsyncConnection[Any], name: str, tables: Sequence[str],
-                       publication: str) -> None:
-    """``wal_level``, the role's REPLICATION, the tables, the publication (made if missing)."""
-    level, user, may = await (await conn.execute(
-        "SELECT current_setting('wal_level'), current_user, rolreplication OR rolsuper "
-        "FROM pg_roles WHERE rolname = current_user")).fetchone() or ("?", "?", False)
-    if level != "logical":
-        raise ConfigError(f"pg_changes {name!r}: the server's wal_level is {level!r}; logical "
-                          "decoding needs wal_level = logical: set it in postgresql.conf (or "
-                          "ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL")
-    if not may:
-        raise ConfigError(f"pg_changes {name!r}: role {user!r} may not read replication slots: "
-                          f"ALTER ROLE {user} REPLICATION; (as a superuser)")
-    for table in tables:
-        row = await (await conn.execute(
-            "SELECT c.relkind, c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE "
-            "i.indrelid = c.oid AND i.indisprimary) FROM pg_class c JOIN pg_namespace n ON "
-            "n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-            table.split(".", 1))).fetchone()
-        if row is None or row[0] not in ("r", "p"):
-            raise ConfigError(f"pg_changes {name!r}: there is no table {table!r} in this database"
-                              + ("" if row is None else f" (it is a relation of kind {row[0]!r})"))
-        if row[1] == "n" or (row[1] == "d" and not row[2]):
-            # in a publication, such a table's UPDATE and DELETE would fail for its own users
-            raise ConfigError(
-                f"pg_changes {name!r}: table {table!r} has no primary key"
-                f"{' and REPLICA IDENTITY NOTHING' if row[1] == 'n' else ''}, so its updates and "
-                "deletes cannot name their row: add a primary key, or "
-                f"ALTER TABLE {table} REPLICA IDENTITY FULL")
-    await _check_publication(conn, name, tables, publication)
-
-
-async def _check_publication(conn: psycopg.AsyncConnection[Any], name: str,
-                             tables: Sequence[str], publication: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    async def published() -> set[str] | None:
-        rows = await (await conn.execute(
-            "SELECT p.pubinsert AND p.pubupdate AND p.pubdelete, t.schemaname || '.' || "
-            "t.tablename FROM pg_publication p LEFT JOIN pg_publication_tables t "
-            "ON t.pubname = p.pubname WHERE p.pubname = %s", (publication,))).fetchall()
-        if rows and not rows[0][0]:
-            raise ConfigError(f"pg_changes {name!r}: publication {publication!r} does not "
-                              "publish every insert, update and delete: ALTER PUBLICATION "
-                              f"{publication} SET (publish = 'insert, update, delete, truncate')")
-        return {r[1] for r in rows if r[1]} if rows else None
-
-    have = await published()
-    if have is None:
-        names = sql.SQL(", ").join(sql.Identifier(*t.split(".")) for t in tables)
-        try:
-            await conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                sql.Identifier(publication), names))
-        except psycopg.errors.DuplicateObject:
-            pass  # another node made it meanwhile: checked below
-        except psycopg.Error as exc:
-            raise ConfigError(f"pg_changes {name!r}: cannot create publication {publication!r}"
-                              f" ({first_line(exc)}); create it as the tables' "
-                              f"owner: CREATE PUBLICATION {publication} FOR TABLE "
-                              f"{', '.join(tables)};") from exc
-        have = await published() or set()
-    if have != set(tables):
-        said = [f"lacks {', '.join(sorted(set(tables) - have))}"] if set(tables) - have else []
-        said += [f"also has {', '.join(sorted(have - set(tables)))}"] if have - set(tables) else []
-        raise ConfigError(
-            f"pg_changes {name!r}: publication {publication!r} exists and {'; '.join(said)}; "
-            f"swell does not alter it: ALTER PUBLICATION {publication} SET TABLE "
-            f"{', '.join(tables)}; or name another with publication=")
-
-
-async def pk_columns(conn: psycopg.AsyncConnection[Any], oid: int) -> tuple[str, ...]:
-    """The primary key's columns of table ``oid``, in key order (none: ``()``)."""
-    rows = await (await conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = ANY (i.indkey) WHERE i.indrelid = %s AND i.indisprimary "
-        "ORDER BY array_position(i.indkey::int2[], a.attnum)", (oid,))).fetchall()
-    return tuple(str(r[0]) for r in rows)
+def _unpack(raw: bytes) -> _Batch | None:
+    with contextlib.suppress(msgspec.DecodeError):
+        return msgspec.msgpack.decode(raw, type=_Batch)
+    return None
