@@ -152,8 +152,9 @@ class SourceDeclarations:
         ``tables`` (``"schema.table"``), keyed by primary key, in commit order, read through a
         logical replication slot (``swell_<name>`` unless named), so changes made while swell
         is down wait in the slot. The slot's position advances only once the events are
-        stored; one node reads it at a time. Needs ``wal_level = logical``. See
-        ``swell.triggers.pgchanges``."""
+        stored; one node reads it at a time. Needs ``wal_level = logical``. ``batch`` bounds
+        the decoder messages read at once (about one per change and two more per transaction;
+        whole transactions). See ``swell.triggers.pgchanges``."""
         from swell.triggers.pgchanges import PgChangesSource
 
         check_name("pg_changes", name)
