@@ -10,7 +10,7 @@ import socket
 import sys
 
 from swell.brokers.base import Broker
-from swell.brokers.lease import Lease, gone
+from swell.brokers.lease import Lease, gone, machine_mark
 from swell.core.clock import ManualClock
 from swell.runtime.cluster import node_id
 
@@ -31,15 +31,19 @@ async def test_one_holder_until_released_or_lapsed(broker: Broker) -> None:
 async def test_a_holder_whose_process_is_gone_is_taken_over_at_once(broker: Broker) -> None:
     dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
     await dead.wait()
-    host = socket.gethostname()
-    await broker.kv.put(KEY, f"{host}-{dead.pid}-ab12".encode(), ttl_s=15.0)
+    host, mark = socket.gethostname(), machine_mark()
+    assert mark is not None  # (Linux: /proc tells the boot and the pid namespace)
+    await broker.kv.put(KEY, f"{host}-{dead.pid}-{mark}ab12".encode(), ttl_s=15.0)
     assert await Lease(broker.kv, KEY, node_id(), ManualClock(), ttl_s=15.0).hold()
 
-    for holder in (f"{host}-{os.getppid()}-ab12",         # alive
-                   f"other-host-{dead.pid}-ab12",          # elsewhere: only its TTL says
-                   node_id(),                              # this process (another runtime)
+    other = "0" * 6 if mark != "0" * 6 else "1" * 6
+    for holder in (f"{host}-{os.getppid()}-{mark}ab12",  # alive
+                   f"other-host-{dead.pid}-{mark}ab12",   # elsewhere: only its TTL says
+                   f"{host}-{dead.pid}-{other}ab12",      # another machine or container, same name
+                   f"{host}-{dead.pid}-ab12",             # an id of an older swell: no mark
+                   node_id(),                             # this process (another runtime)
                    "not-a-node-id"):
         await broker.kv.put(KEY, holder.encode(), ttl_s=15.0)
         assert not await Lease(broker.kv, KEY, node_id(), ManualClock(), ttl_s=15.0).hold(), holder
-    assert gone(f"{host}-{dead.pid}-ab12".encode())
-    assert not gone(f"{host}-99999999999999999999-ab12".encode())  # (no such pid: unknown)
+    assert gone(f"{host}-{dead.pid}-{mark}ab12".encode())
+    assert not gone(f"{host}-99999999999999999999-{mark}ab12".encode())  # (no such pid)

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from support.mosquitto import Mosquitto, mosquitto  # noqa: F401
 from support.servers import free_port
 from swell.brokers.base import Broker, KiB, QueueSpec, StreamSpec
+from swell.brokers.lease import machine_mark
 from swell.brokers.producer import Producer
 from swell.brokers.types import H_ERROR, H_REASON
 from swell.brokers.url import open_broker
@@ -263,7 +264,8 @@ async def test_nodes_take_distinct_slots_and_a_dead_holders_slot_is_free_at_once
     app = fresh()
     gone = await asyncio.create_subprocess_exec("true")
     await gone.wait()  # a pid of this host that no longer runs
-    await broker.kv.put(slot(app, 0), f"{socket.gethostname()}-{gone.pid}-dead".encode(), ttl_s=60)
+    dead_holder = f"{socket.gethostname()}-{gone.pid}-{machine_mark()}dead"
+    await broker.kv.put(slot(app, 0), dead_holder.encode(), ttl_s=60)
     await broker.kv.put(slot(app, 1), b"elsewhere-1-e15e", ttl_s=60)
     a, b = source(mosquitto, app), source(mosquitto, app)
     async with running(a, env_for(broker, a, app, "n1")), \

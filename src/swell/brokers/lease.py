@@ -6,15 +6,20 @@ revision it holds (so a holder that lost it, its entry expired and taken by anot
 never overwrites the new holder), and given up by deleting that revision. A holder that dies lets
 it run out within its TTL, except one whose process on this machine is gone (a SIGKILL, a crash):
 its lease is taken over at once, so a node restarted in its place does not wait out the TTL. An
-owner names its process as a node id does (``host-pid-xxxx``, ``runtime.cluster.node_id``).
+owner names its process as a node id does (``host-pid-<mark><random>``, ``runtime.cluster.node_id``):
+the mark (``machine_mark``) fingerprints this machine's boot and pid namespace, so a process of
+another machine or container that shares the host name is never taken for one of ours.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import re
 import socket
+from pathlib import Path
 
 from swell.brokers.base import KV
 from swell.core.clock import Clock
@@ -85,14 +90,27 @@ class Lease:
                 log.debug("could not give up the lease %s: %s", self.key, exc)
 
 
-_OWNER = re.compile(rb"(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{4}")
+_OWNER = re.compile(rb"(?P<host>.+)-(?P<pid>\d+)-(?P<mark>[0-9a-f]{6})[0-9a-f]{4}")
+
+
+@functools.cache
+def machine_mark() -> str | None:
+    """Six hex digits naming this boot of this machine and this pid namespace (``None`` where
+    they cannot be read: then no lease is ever taken over early)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return hashlib.sha256(f"{boot}:{namespace}".encode()).hexdigest()[:6]
 
 
 def gone(owner: bytes) -> bool:
-    """Whether ``owner`` (``host-pid-xxxx``) was a process of this machine that no longer runs
-    (never this process: two runtimes in one process hold leases apart)."""
-    m = _OWNER.fullmatch(owner)
-    if m is None or m["host"].decode(errors="replace") != socket.gethostname():
+    """Whether ``owner`` (a node id) was a process of this machine, boot and pid namespace that no
+    longer runs (never this process: two runtimes in one process hold leases apart)."""
+    m, mark = _OWNER.fullmatch(owner), machine_mark()
+    if m is None or mark is None or m["mark"].decode() != mark \
+            or m["host"].decode(errors="replace") != socket.gethostname():
         return False
     pid = int(m["pid"])
     if pid == os.getpid():

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from swell.brokers.lease import machine_mark
 from swell.core import keys
 from swell.scaling.hotkeys import HotKey
 from swell.scaling.signals import Observation
@@ -42,9 +43,11 @@ _GAUGES = ("in_flight", "starting", "ready", "busy", "current")
 
 
 def node_id() -> str:
-    """``host-pid-xxxx``: unique even for two runtimes in one process (a lease held under it is
-    taken over at once once that process is gone: ``brokers.lease.gone``)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    """``host-pid-<mark><xxxx>``: unique even for two runtimes in one process; the mark names this
+    machine's boot and pid namespace, so a lease held under the id is taken over at once once
+    that process is gone (``brokers.lease.gone``)."""
+    mark = machine_mark() or "------"
+    return f"{socket.gethostname()}-{os.getpid()}-{mark}{uuid.uuid4().hex[:4]}"
 
 
 class NodeInfo(msgspec.Struct, kw_only=True):
