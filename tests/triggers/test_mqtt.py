@@ -394,3 +394,25 @@ def test_a_bad_declaration_is_one_clear_error(kwargs: dict[str, Any], message: s
     args: dict[str, Any] = {"url": "mqtt://127.0.0.1:1883", "topics": ["a/+/t"], **kwargs}
     with pytest.raises(AppError, match=message):
         MqttSource("t", to=STREAM, **args)
+
+
+async def test_a_dead_letter_too_big_with_its_properties_goes_without_them(broker: Broker) -> None:
+    from swell.triggers.mqtt import _reject
+
+    src = source("mqtt://127.0.0.1:1883", "big")
+    msg = MqttMessage(topic="plant/d1/temp", payload=b"{", qos=1, retain=False,
+                      properties={"huge": "x" * 700_000})
+    small = _reject(env_for(broker, src, "big"), msg, {"huge": "x" * 700_000})
+    assert small.extensions == {} and small.data == b"{"
+    assert len(small.to_json()) < 1024
+
+
+async def test_a_kv_store_that_does_not_answer_is_not_a_lost_slot(broker: Broker) -> None:
+    from swell.brokers.lease import Lease
+    from swell.triggers.mqtt_session import holds
+
+    lease = Lease(broker.kv, "swell/test/slot", "n1", SYSTEM_CLOCK, ttl_s=15.0)
+    assert await holds(lease) is True
+    await broker.close()  # the kv store fails now
+    lease.renewed -= 10.0  # (due for renewal)
+    assert await holds(lease) is None  # unknown: the session is kept, not closed as taken

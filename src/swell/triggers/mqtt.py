@@ -43,6 +43,7 @@ __all__ = ["EVENT_TYPE", "MqttMessage", "MqttSource"]
 EVENT_TYPE = "swell.mqtt"
 MAX_KEY = 256  # the longest device id (characters) a key may be
 KEEP_BYTES = 256 * 1024  # what a dead letter keeps of a rejected payload
+KEEP_EVENT_BYTES = 512 * 1024  # a dead letter bigger than this goes without its attributes
 _EXT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 
@@ -76,7 +77,7 @@ class MqttSource:
                  session_expiry: Duration = "1d", max_pending: int = 10_000,
                  dead_letter: str | None = None) -> None:
         what = f"mqtt {name!r}"
-        self.name, self.target, self.dead_letter, self.url = name, to, dead_letter, url
+        self.name, self.target, self.dead_letter = name, to, dead_letter
         host, port, tls, user, password = _parse_url(what, url)
         for bad, rule in [
             (isinstance(topics, str) or not topics, "topics must be a non-empty list of topic "
@@ -270,7 +271,7 @@ def _reject(env: SourceEnv, msg: MqttMessage, attributes: dict[str, Any]) -> Eve
         event = env.emitter.event(msg.payload[:KEEP_BYTES], type=EVENT_TYPE, subject=subject,
                                   datacontenttype="application/octet-stream", attributes=attrs)
         with suppress(PayloadError):
-            event.to_json()
-            break
+            if len(event.to_json()) <= KEEP_EVENT_BYTES:  # (huge user properties: left out)
+                break
     return event
 

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -59,7 +59,7 @@ class Link:
     port: int
     tls: bool
     user: str | None
-    password: str | None
+    password: str | None = field(repr=False)  # (never in a repr, a log, or swell status)
     session_expiry_s: float
     max_pending: int
     qos: int
@@ -198,7 +198,7 @@ class Sessions:
     async def _renew(self) -> None:
         """Renew each slot (when due); close the session of one another node took."""
         for slot, (lease, session, task) in list(self.held.items()):
-            if await holds(lease):
+            if await holds(lease) is not False:  # held, or the kv store did not answer
                 continue
             log.warning("mqtt %s: another node took client id %s; closing that session",
                         self.name, session.client_id)
@@ -213,7 +213,10 @@ class Sessions:
         while True:
             for i in (i for i in range(MAX_SLOTS) if i not in self.held):
                 lease = self._lease(env, i)
-                if await holds(lease):
+                held = await holds(lease)
+                if held is None:  # the kv store did not answer: not a higher slot meanwhile
+                    break
+                if held:
                     self.own = self._start(env, tasks, i, lease)
                     self._backoff.s = 0.0
                     return
@@ -364,9 +367,10 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
-async def holds(lease: Lease) -> bool:
-    """Whether the lease is held now (taken or renewed); a kv store that fails: not held."""
+async def holds(lease: Lease) -> bool | None:
+    """Whether the lease is held now (taken or renewed); ``None`` if the kv store failed to say
+    (a slot held keeps its session meanwhile: only another holder closes it)."""
     try:
         return await lease.hold()
     except SwellError:
-        return False
+        return None
