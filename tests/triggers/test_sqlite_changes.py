@@ -207,3 +207,31 @@ async def _trimmed(db: Path, src: SqliteChangesSource) -> bool:
     with sqlite3.connect(db) as conn:
         left: int = conn.execute(f'SELECT count(*) FROM "{src.change_table}"').fetchone()[0]
     return left == 0
+
+
+async def test_a_failed_delete_of_stored_rows_does_not_store_them_again(
+        db: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = source(db)
+    await src.prepare()
+    fails = [sqlite3.OperationalError("database is locked")]
+    trim = src._trim
+
+    def flaky(upto: int) -> None:
+        if fails:
+            raise fails.pop()
+        trim(upto)
+
+    monkeypatch.setattr(src, "_trim", flaky)
+    write(db, *(f"INSERT INTO orders (id) VALUES ({i})" for i in range(20)))
+    task = asyncio.create_task(src.run(env(broker, src)))
+    try:
+        await until(lambda: _count(broker, 20))
+        write(db, *(f"INSERT INTO orders (id) VALUES ({100 + i})" for i in range(5)))
+        await until(lambda: _count(broker, 25))
+        await until(lambda: _trimmed(db, src))  # the next batch's delete took the first's rows
+        await asyncio.sleep(0.1)
+        got = await events(broker)
+        assert len(got) == len({e.id for e in got}) == 25 and not fails
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -8,8 +8,9 @@ JSON. The triggers run inside the writer's transaction, whichever process writes
 transaction leaves no change row, and since SQLite commits one writer at a time the rows'
 ``seq`` (``AUTOINCREMENT``, never reused) is commit order. The source reads the rows in ``seq``
 order, appends one event per row, writes the last stored ``seq`` to the kv store, then deletes the
-rows (the table is trimmed as it is drained). A crash between the append and the delete repeats
-at most those rows, and the checkpoint skips even those when it was written.
+rows (the table is trimmed as it is drained). A crash between the append and the checkpoint
+repeats at most those rows; a failed delete only leaves them to the next batch's. A row too large
+for the channel is a dead letter with its key, not its values.
 
 The cost is on the writer: each row written also writes a change row (measured in
 ``bench/sqlite_changes.py``). The triggers list the table's columns as they were when the source
@@ -36,7 +37,7 @@ import msgspec
 from swell.brokers.lease import Lease
 from swell.core import keys
 from swell.core.config import Duration, seconds, whole
-from swell.core.errors import AppError, ConfigError, SwellError
+from swell.core.errors import AppError, ConfigError, MessageTooLarge, SwellError
 from swell.core.event import Event
 from swell.triggers.base import SourceEnv, SourceStats, unbroken
 
@@ -137,6 +138,7 @@ class SqliteChangesSource:
             while True:
                 if not await lease.hold():
                     self._state, stored = "standby", -1
+                    self.stats.pending, self.stats.lag_s = 0, None
                     await env.clock.sleep(1.0)  # (a lease given up is taken within a second)
                     continue
                 if stored < 0:  # the lease just taken: go on from what its last holder stored
@@ -156,6 +158,8 @@ class SqliteChangesSource:
                     await unbroken(self._store(env, rows, checkpoint))
                     stored = rows[-1].seq
                     self._backoff_s = 0.0
+                    with suppress(sqlite3.Error):  # (else the next batch's trim takes them)
+                        await asyncio.to_thread(self._trim, stored)
                 except (SwellError, sqlite3.Error) as exc:
                     self.stats.errors += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -180,20 +184,21 @@ class SqliteChangesSource:
         return int(seq) if token == self._token and seq.isdigit() else 0
 
     async def _store(self, env: SourceEnv, rows: list[Change], checkpoint: str) -> None:
+        """The rows' events (a row too large for the channel: a dead letter with its key, not its
+        values), then the checkpoint."""
         self.stats.received += len(rows)
-        limit = await env.emitter.max_bytes() - 4096  # (room for the envelope)
-        big = {i for i, c in enumerate(rows)
-               if len(msgspec.json.encode(c.new)) + len(msgspec.json.encode(c.old)) > limit}
-        events = [self._event(env, c, whole=i not in big) for i, c in enumerate(rows)]
-        await env.emitter.dead_letter([
-            (events[i], "too_large", f"the row is over the {limit}-byte limit of "
-             f"{self.target!r}: the dead letter has its key, not its values")
-            for i in sorted(big)])
-        await env.emitter.emit([e for i, e in enumerate(events) if i not in big], dedup=False)
-        last = rows[-1].seq
+        events = [self._event(env, c) for c in rows]
+        try:
+            await env.emitter.emit(events, dedup=False)
+        except MessageTooLarge:  # one at a time, in order
+            for c, e in zip(rows, events, strict=True):
+                try:
+                    await env.emitter.emit([e], dedup=False)
+                except MessageTooLarge as exc:
+                    await env.emitter.dead_letter([(self._event(env, c, whole=False), "too_large",
+                                                    f"{exc}: the dead letter has its key")])
         with suppress(SwellError):  # (the rows go next: only a crash right now repeats them)
-            await env.kv.put(checkpoint, f"{self._token}:{last}".encode())
-        await asyncio.to_thread(self._trim, last)
+            await env.kv.put(checkpoint, f"{self._token}:{rows[-1].seq}".encode())
 
     def _event(self, env: SourceEnv, c: Change, *, whole: bool = True) -> Event[Any]:
         key = c.key[0] if len(c.key) == 1 else c.key
