@@ -467,6 +467,11 @@ async def test_a_missing_table_or_one_without_a_key_is_one_clear_error(
     with pytest.raises(ConfigError, match=f"no primary key.*ALTER TABLE public.{name} REPLICA "
                                           "IDENTITY FULL"):
         await PgChangesSource("c", dsn=postgres.dsn, tables=[name], to=STREAM).prepare()
+    sql(postgres, f"CREATE TABLE parted_{name} (id int PRIMARY KEY) PARTITION BY RANGE (id)")
+    with pytest.raises(ConfigError, match=f"'public.parted_{name}' is partitioned: name its "
+                                          "partitions"):
+        await PgChangesSource("c", dsn=postgres.dsn, tables=[f"parted_{name}"],
+                              to=STREAM).prepare()
 
 
 async def test_a_role_without_replication_or_a_foreign_publication_is_one_clear_error(

@@ -235,3 +235,17 @@ async def test_a_failed_delete_of_stored_rows_does_not_store_them_again(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_two_change_sources_never_read_one_slot_or_change_table() -> None:
+    from swell import App
+
+    app = App("shop")
+    s = app.stream("s")
+    app.sqlite_changes("orders-cdc", path="a.db", tables=["orders"], to=s)
+    app.sqlite_changes("orders-cdc-b", path="b.db", tables=["orders"], to=s)  # another file
+    with pytest.raises(AppError, match="would read 'swell_changes_orders_cdc' as 'orders-cdc'"):
+        app.sqlite_changes("orders_cdc", path="a.db", tables=["orders"], to=s)
+    app.pg_changes("orders-pg", dsn="postgresql://db/shop", tables=["orders"], to=s)
+    with pytest.raises(AppError, match="would read 'swell_orders_pg' as 'orders-pg'"):
+        app.pg_changes("orders.pg", dsn="postgresql://db/shop", tables=["orders"], to=s)

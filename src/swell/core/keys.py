@@ -26,6 +26,7 @@ key                                                what it holds
 ``swell/source-state/<app>/<source>/lease``        which node reads a change stream (TTL)
 ``swell/source-state/<app>/<source>/position``     how far a change stream's events are stored
 ``swell/source-state/<app>/<source>/slot``         the replication slot a pg_changes source reads
+``swell/source-state/<app>/<source>/ahead``        a pg_changes batch read, before it is stored
 ``swell/source-state/<app>/<source>/slots/<i>``    an MQTT source's client-id slot, its node's lease
 ``swell/source-state/<app>/<source>/slots``        the number of MQTT client-id slots ever used
 =================================================  ============================================

@@ -158,9 +158,11 @@ class SourceDeclarations:
         from swell.triggers.pgchanges import PgChangesSource
 
         check_name("pg_changes", name)
-        return self._add(PgChangesSource(name, dsn=dsn, tables=tables, to=self._to(name, to),
-                                         slot=slot, publication=publication, batch=batch,
-                                         poll=poll, dead_letter=self._dead_letter_queue(name)))
+        source = PgChangesSource(name, dsn=dsn, tables=tables, to=self._to(name, to), slot=slot,
+                                 publication=publication, batch=batch, poll=poll,
+                                 dead_letter=self._dead_letter_queue(name))
+        self._check_shared(source, "slot", "a replication slot gives each change to one reader")
+        return self._add(source)
 
     def sqlite_changes(self, name: str, *, path: str | Path, tables: Sequence[str],
                        to: To = None, batch: int = 1000,
@@ -172,9 +174,11 @@ class SourceDeclarations:
         from swell.triggers.sqlitechanges import SqliteChangesSource
 
         check_name("sqlite_changes", name)
-        return self._add(SqliteChangesSource(name, path=path, tables=tables,
-                                             to=self._to(name, to), batch=batch, poll=poll,
-                                             dead_letter=self._dead_letter_queue(name)))
+        source = SqliteChangesSource(name, path=path, tables=tables, to=self._to(name, to),
+                                     batch=batch, poll=poll,
+                                     dead_letter=self._dead_letter_queue(name))
+        self._check_shared(source, "change_table", "its rows are deleted once read")
+        return self._add(source)
 
     # -- helpers -------------------------------------------------------------------------------
     def _dead_letter_queue(self, name: str) -> str:
@@ -190,6 +194,16 @@ class SourceDeclarations:
             raise AppError(f"source {source.name!r} is declared twice")
         self.sources[source.name] = source
         return source
+
+    def _check_shared(self, source: Source, attribute: str, why: str) -> None:
+        """Two change sources of one kind never read one slot or change table: each would get
+        part of the changes (names are made alike: ``orders-cdc`` and ``orders_cdc``)."""
+        mine = getattr(source, attribute)
+        for other in self.sources.values():
+            if other.kind == source.kind and getattr(other, attribute) == mine and \
+                    getattr(other, "path", None) == getattr(source, "path", None):
+                raise AppError(f"{source.kind} {source.name!r} would read {mine!r} as "
+                               f"{other.name!r} does, and {why}: name it otherwise")
 
     def _check_route(self, name: str, path: str) -> None:
         check_name("webhook", name)

@@ -122,8 +122,11 @@ class Emitter:
             elif kind == "queue":
                 self._max_bytes = (await broker.queue_spec(self.target)).max_message_bytes
             else:
-                self._max_bytes = next(t.spec.max_message_bytes for t in await broker.topics()
-                                       if t.spec.name == self.target)
+                limit = next((t.spec.max_message_bytes for t in await broker.topics()
+                              if t.spec.name == self.target), None)
+                if limit is None:
+                    raise SwellError(f"source {self.source!r}: no channel {self.target!r}")
+                self._max_bytes = limit
         return self._max_bytes
 
     def event(self, data: Any, *, time: datetime | None = None, **attrs: Any) -> Event[Any]:

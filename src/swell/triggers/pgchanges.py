@@ -210,7 +210,7 @@ class PgChangesSource:
             with contextlib.suppress(Exception):
                 await self._task
         self._ahead, self._task = None, None
-        self.standby, self.stats.pending, self.stats.lag_s = True, 0, None
+        self.standby, self.stats.pending, self.stats.lag_s, self.lag_bytes = True, 0, None, None
         await self._close()
 
     # -- one round: peek (the last batch stored meanwhile), write ahead, advance -----------------

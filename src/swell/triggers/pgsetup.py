@@ -70,7 +70,10 @@ async def check_server(conn: psycopg.AsyncConnection[Any], name: str, tables: Se
             "i.indrelid = c.oid AND i.indisprimary) FROM pg_class c JOIN pg_namespace n ON "
             "n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
             table.split(".", 1))).fetchone()
-        if row is None or row[0] not in ("r", "p"):
+        if row is not None and row[0] == "p":  # (its changes are published as its partitions')
+            raise ConfigError(f"pg_changes {name!r}: table {table!r} is partitioned: name its "
+                              "partitions in tables= (their changes are published as theirs)")
+        if row is None or row[0] != "r":
             raise ConfigError(f"pg_changes {name!r}: there is no table {table!r} in this database"
                               + ("" if row is None else f" (it is a relation of kind {row[0]!r})"))
         if row[1] == "n" or (row[1] == "d" and not row[2]):
