@@ -26,8 +26,9 @@ Durable before confirmed: a write-ahead buffer
     start, a buffer of this slot and server is stored first, skipping the transactions at or
     below the kv position. As safe as storing before advancing: every change is, at each moment,
     in the slot (not yet advanced past it) or in the buffer (which is only overwritten once its
-    batch is stored), so a crash loses nothing, and it repeats at most part of the one batch being
-    stored (the part stored and not yet named by the kv position), with the same event ids
+    batch is stored), so a crash loses nothing, and it (or a broker failing while a batch is
+    stored, which is then stored again) repeats at most part of the one batch being stored (the
+    part stored and not yet named by the kv position), with the same event ids
     (``<slot>:<commit LSN>:<n>``, ``n`` the change's index in its transaction). The buffer is
     written by compare-and-set on the revision the node last saw (and so stored), so a node that
     lost its lease unawares cannot overwrite a batch another has not stored. A batch of more than
