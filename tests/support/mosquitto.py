@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import free_port, missing_server, stop_process, wait_for_port
+from support.servers import missing_server, start_listening, stop_process
 
 BINARY = "/usr/sbin/mosquitto"
 
@@ -36,23 +36,17 @@ class Mosquitto:
         """Start it (again on the same port, if it ran before)."""
         if not os.access(BINARY, os.X_OK):
             missing_server("mqtt", f"no {BINARY} (apt-get install mosquitto)")
-        for _ in range(3):  # a free port can be taken before the broker binds it: try another
-            port = self.port or free_port()
+        def command(port: int) -> list[str]:
             config = self.dir / "mosquitto.conf"
             config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                               "persistence false\nmax_queued_messages 0\n"
                               "max_inflight_messages 65535\nlog_dest stdout\n"
                               "log_type error\nlog_type warning\n")
-            with open(self.dir / "mosquitto.log", "ab") as log:
-                proc = subprocess.Popen([BINARY, "-c", str(config)], stdout=log,
-                                        stderr=subprocess.STDOUT)
-            if wait_for_port(port, proc):
-                self.port, self.proc = port, proc
-                return self
-            proc.kill()
-            proc.wait()
-        tail = (self.dir / "mosquitto.log").read_text(errors="replace")[-2000:]
-        pytest.fail(f"mosquitto did not start:\n{tail}", pytrace=False)
+            return [BINARY, "-c", str(config)]
+
+        self.port, self.proc = start_listening("mosquitto", command, self.dir / "mosquitto.log",
+                                               self.port)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -68,6 +69,24 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def start_listening(name: str, command: Callable[[int], list[str]], log: Path, port: int = 0
+                    ) -> tuple[int, subprocess.Popen[bytes]]:
+    """Start ``command(port)`` (its output to ``log``) and wait until it listens on ``port``: a
+    free loopback port, or the one given (a restart). A free port can be taken before the
+    server binds it, so another is tried; a server that never listens fails the test with the
+    end of its log."""
+    for _ in range(3):
+        at = port or free_port()
+        with log.open("ab") as out:
+            proc = subprocess.Popen(command(at), stdout=out, stderr=subprocess.STDOUT)
+        if wait_for_port(at, proc):
+            return at, proc
+        proc.kill()
+        proc.wait()
+    tail = log.read_text(errors="replace")[-2000:]
+    pytest.fail(f"{name} did not start:\n{tail}", pytrace=False)
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> bool:
     """Whether ``proc`` came to listen on ``port`` in time (``False`` if it exited first)."""
     until = time.monotonic() + timeout_s
@@ -116,20 +135,13 @@ class NatsProcess:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsProcess:
-        for _ in range(3):  # a free port can be taken before the server binds it: try another
-            port = self.port or free_port()
+        def command(port: int) -> list[str]:
             args = [self.binary, "-a", "127.0.0.1", "-p", str(port)]
-            if self.jetstream:
-                args += ["-js", "-sd", str(self.store)]
-            with open(self.store / "server.log", "ab") as log:
-                proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-            if wait_for_port(port, proc):
-                self.port, self.proc = port, proc
-                return self
-            proc.kill()
-            proc.wait()
-        tail = (self.store / "server.log").read_text(errors="replace")[-2000:]
-        pytest.fail(f"nats-server did not start:\n{tail}", pytrace=False)
+            return args + (["-js", "-sd", str(self.store)] if self.jetstream else [])
+
+        self.port, self.proc = start_listening("nats-server", command, self.store / "server.log",
+                                               self.port)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
