@@ -35,6 +35,7 @@ from swell.core.errors import (
 from swell.core.event import Event
 from swell.core.filters import Pattern, PatternError, SubjectPattern
 from swell.core.retry import Retry
+from swell.core.slo import SLO
 from swell.patterns.idempotency import Idempotency
 from swell.patterns.sagas import Saga, SagaContext
 from swell.runtime.app import App, Function, Group, Queue, Stream, Subscription, Topic
@@ -49,6 +50,7 @@ from swell.scaling.signals import Signals
 __version__ = "0.1.0"
 
 __all__ = [
+    "SLO",
     "App",
     "AppError",
     "Auto",

@@ -109,7 +109,7 @@ async def test_a_snapshot_is_an_immutable_copy_of_the_runtime_now(broker: Memory
         await rt.stop(1.0)
     assert snap.app == "shop" and snap.node == rt.node
     assert [(f.name, f.queue) for f in snap.functions] == [("charge", "orders"),
-                                                           ("count", "clicks.g.dlq")]
+                                                           ("count", "clicks/g")]
     with pytest.raises(AttributeError):
         snap.functions[0].desired = 3  # type: ignore[misc]
     msgspec.json.encode(snap)  # plain data: a dashboard can send it as it is

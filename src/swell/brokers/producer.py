@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeAlias
 
 from swell.brokers.base import Broker, Message, QueueSpec, StreamSpec, TopicSpec
+from swell.core import tracing
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import ConfigError, PayloadError, UnknownQueue
-from swell.core.event import RESERVED_ATTRIBUTES, Event
+from swell.core.event import RESERVED_ATTRIBUTES, Event, new_id
 
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 _LISTED = 8  # names listed per kind in an UnknownTarget
@@ -74,16 +75,29 @@ class Producer:
         self.clock = clock
         self.topics = set(topics)
         self.streams = set(streams)
+        tracing.detect()  # (a runtime and a client each make one: a provider set by then counts)
 
     def event(self, queue: str, data: Any, *, type: str | None = None, subject: str | None = None,
               key: str | None = None, id: str | None = None, correlationid: str | None = None,
               idempotencykey: str | None = None, traceparent: str | None = None,
-              datacontenttype: str | None = None,
+              tracestate: str | None = None, datacontenttype: str | None = None,
               attributes: Mapping[str, Any] | None = None) -> Event[Any]:
         """An event for ``queue`` (or a topic or stream); an explicit ``id`` also serves as its
         dedup id. ``key`` is its ordering key (on a stream, its partition key); ``attributes``
         are CloudEvents extension attributes (names of lowercase letters and digits), which topic
-        filters can match."""
+        filters can match. With tracing on, the event gets a ``create`` span of its own as its
+        creation context (a child of ``traceparent``, or of the current span)."""
+        build = self._created if tracing.ON else self._event
+        return build(queue, data, type=type, subject=subject, key=key, id=id,
+                     correlationid=correlationid, idempotencykey=idempotencykey,
+                     traceparent=traceparent, tracestate=tracestate,
+                     datacontenttype=datacontenttype, attributes=attributes)
+
+    def _event(self, queue: str, data: Any, *, type: str | None = None, subject: str | None = None,
+               key: str | None = None, id: str | None = None, correlationid: str | None = None,
+               idempotencykey: str | None = None, traceparent: str | None = None,
+               datacontenttype: str | None = None, attributes: Mapping[str, Any] | None = None,
+               tracestate: str | None = None) -> Event[Any]:
         fields: dict[str, Any] = {
             "type": type or f"swell.{queue}", "source": self.source, "subject": subject,
             "time": datetime.fromtimestamp(self.clock.time(), UTC), "data": data, "key": key,
@@ -94,7 +108,21 @@ class Producer:
             fields["id"] = id
         if attributes:
             fields["extensions"] = _extensions(attributes)
+        if tracestate:
+            fields["extensions"] = {**fields.get("extensions", {}), "tracestate": tracestate}
         return Event(**fields)
+
+    def _created(self, queue: str, data: Any, *, id: str | None = None,
+                 traceparent: str | None = None, tracestate: str | None = None,
+                 correlationid: str | None = None, **attrs: Any) -> Event[Any]:
+        """``event`` with a ``create`` span, ended at once: the creation context of one event of a
+        batch (the batch's store is not part of it)."""
+        event_id = id or new_id()
+        with tracing.producer_span("create", queue, parent=traceparent, parent_state=tracestate,
+                                   message_id=event_id, correlation_id=correlationid) as span:
+            traceparent, tracestate = tracing.traceparent_of(span)
+        return self._event(queue, data, id=event_id, traceparent=traceparent,
+                           correlationid=correlationid, tracestate=tracestate, **attrs)
 
     # -- where a name goes ---------------------------------------------------------------------
     def _known(self, target: Target) -> tuple[str, Kind | None]:
@@ -196,10 +224,25 @@ class Producer:
         """Put one event with ``data`` where ``target`` says: send it to a queue, publish it to a
         topic (every subscription whose subject pattern matches ``subject`` and whose filter
         matches the event gets it) or append it to a stream (its partition is a stable hash of
-        ``key``, or of the event's id when it has no key). Returns its id."""
-        name, kind = self._known(target)
-        event = self.event(name, data, subject=subject, key=key, attributes=attributes, **attrs)
+        ``key``, or of the event's id when it has no key). Returns its id. With tracing on, this
+        is a ``send`` span, the event's creation context (a child of ``traceparent``, or of the
+        current span)."""
         dedup = attrs.get("id") is not None
+        if not tracing.ON:
+            event = self._event(target_name(target), data, subject=subject, key=key,
+                                attributes=attributes, **attrs)
+            return await self._put_one(target, event, delay_s, dedup)
+        name = target_name(target)
+        with tracing.producer_span("send", name, parent=attrs.pop("traceparent", None),
+                                   correlation_id=attrs.get("correlationid")) as span:
+            attrs["traceparent"], attrs["tracestate"] = tracing.traceparent_of(span)
+            event = self._event(name, data, subject=subject, key=key, attributes=attributes,
+                                **attrs)
+            span.set_attribute("messaging.message.id", event.id)
+            return await self._put_one(target, event, delay_s, dedup)
+
+    async def _put_one(self, target: Target, event: Event[Any], delay_s: float, dedup: bool) -> str:
+        name, kind = self._known(target)
         if kind is None:  # a name not known to be anything else: a queue, most likely
             try:
                 await self.send_events(name, [event], delay_s=delay_s, dedup=dedup)

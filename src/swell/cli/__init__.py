@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from swell.cli.channels import queues, streams, topics
+from swell.cli.cost import cost
 from swell.cli.dlq import dlq
 from swell.cli.replay import replay
 from swell.cli.run import demo, run
@@ -13,6 +14,7 @@ from swell.cli.sagas import saga
 from swell.cli.schedules import schedules
 from swell.cli.send import send
 from swell.cli.sim import sim
+from swell.cli.slo import slo
 from swell.cli.status import nodes, status
 
 __all__ = ["main"]
@@ -25,5 +27,5 @@ def main() -> None:
 
 
 for _command in (run, send, queues, topics, streams, replay, status, nodes, schedules, dlq, saga,
-                 demo, sim):
+                 demo, sim, cost, slo):
     main.add_command(_command)

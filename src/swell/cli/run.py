@@ -6,15 +6,18 @@ import gc
 import importlib.util
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 from click.core import ParameterSource
 
 from swell.brokers.url import default_broker_url
 from swell.cli.base import broker_option, command, console, err_console
+from swell.core import logs
 from swell.core.config import seconds
 from swell.core.errors import ConfigError, MissingDependency
+from swell.core.logs import FORMATS
+from swell.observe.tracing import EXPORTERS
 from swell.runtime.loader import load_app
 from swell.web.server import DEFAULT_HTTP, bind, host_port
 
@@ -33,6 +36,14 @@ GC_THRESHOLDS = (10_000, 20, 20)
               help="How long in-flight work may finish after SIGINT/SIGTERM.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              envvar="SWELL_LOG_FORMAT",
+              help="json: one object a line, with the function, event id, attempt, correlation "
+                   "id and trace id of the attempt it is about.")
+@click.option("--trace", type=click.Choice(EXPORTERS), default=None, envvar="SWELL_TRACE",
+              help="Export OpenTelemetry traces: over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT, "
+                   "localhost:4318 by default) or to the console. Without it, swell traces only "
+                   "when the process has a TracerProvider set up.")
 @click.option("--http", "http_at", default=DEFAULT_HTTP, show_default=True, envvar="SWELL_HTTP",
               metavar="HOST:PORT",
               help="Serve webhooks, /metrics, /healthz and /readyz here ('off' to disable); a "
@@ -44,14 +55,18 @@ GC_THRESHOLDS = (10_000, 20, 20)
               help="If the HTTP port is taken, warn and run without the server (refused when "
                    "the app has webhooks).")
 @command
-async def run(app_path: str, broker_url: str | None, grace: str, log_level: str, http_at: str,
+async def run(app_path: str, broker_url: str | None, grace: str, log_level: str,
+              log_format: Literal["text", "json"], trace: str | None, http_at: str,
               metrics_at: str | None, best_effort: bool) -> None:
     """Run APP (a file.py or a pkg.module[:attribute]) until Ctrl-C."""
     from swell.runtime.runtime import Runtime
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level, log_format)
     app = load_app(app_path)
+    if trace is not None:
+        from swell.observe.tracing import setup
+
+        setup(trace, app.name)
     grace_s = seconds(grace, name="--grace")
     # the old name counts only when said more loudly than --http (the command line over the
     # environment over the default)

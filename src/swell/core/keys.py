@@ -29,6 +29,8 @@ key                                                what it holds
 ``swell/source-state/<app>/<source>/ahead``        a pg_changes batch read, before it is stored
 ``swell/source-state/<app>/<source>/slots/<i>``    an MQTT source's client-id slot, its node's lease
 ``swell/source-state/<app>/<source>/slots``        the number of MQTT client-id slots ever used
+``swell/slo/<app>/<function>/m/<hour>``            a function's SLO counts per minute of an hour
+``swell/slo/<app>/<function>/h/<day>``             its SLO counts per hour of a day, its SLO (TTL)
 =================================================  ============================================
 """
 
@@ -44,6 +46,7 @@ __all__ = [
     "REPLAYS",
     "SAGAS",
     "SCHEDULES",
+    "SLOS",
     "SOURCES",
     "SOURCE_SEEN",
     "SOURCE_STATE",
@@ -61,6 +64,9 @@ __all__ = [
     "saga",
     "sagas",
     "schedule",
+    "slo_counts",
+    "slo_hours",
+    "slo_minutes",
     "source_seen",
     "source_state",
     "source_status",
@@ -83,6 +89,7 @@ SOURCE_SEEN = "swell/source-seen/"
 SOURCE_STATE = "swell/source-state/"
 SCHEDULES = "swell/schedules/"
 FILES = "swell/files/"
+SLOS = "swell/slo/"
 
 
 def nodes(app: str) -> str:
@@ -171,3 +178,20 @@ def schedule(app: str, name: str) -> str:
 def files(app: str, source: str) -> str:
     """The prefix of a watch source's checkpoints (one key per file)."""
     return f"{FILES}{app}/{source}/"
+
+
+def slo_counts(app: str | None = None, function: str | None = None) -> str:
+    """The prefix of one function's SLO counts, of an app's, or of every app's."""
+    if app is None:
+        return SLOS
+    return f"{SLOS}{app}/" if function is None else f"{SLOS}{app}/{function}/"
+
+
+def slo_minutes(app: str, function: str, hour: int) -> str:
+    """A function's SLO counts per minute of the hour that starts at epoch second ``hour``."""
+    return f"{SLOS}{app}/{function}/m/{hour}"
+
+
+def slo_hours(app: str, function: str, day: int) -> str:
+    """A function's SLO counts per hour of the day that starts at epoch second ``day``."""
+    return f"{SLOS}{app}/{function}/h/{day}"

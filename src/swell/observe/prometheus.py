@@ -3,7 +3,18 @@
 
 Served by the HTTP server of ``swell run`` (``swell.web``) on the runtime's loop: at scrape time
 the collector reads a ``RuntimeSnapshot`` (an immutable value built there) through the function it
-was given."""
+was given.
+
+Every family is in docs/metrics.md, with its type, labels and unit; a test
+(tests/observe/test_prometheus_exposition.py) holds that table, this exposition and the Grafana
+dashboard under deploy/grafana/ to each other. Names follow Prometheus's conventions: ``swell_``,
+base units as suffixes (``_seconds``, ``_bytes``, ``_ratio`` for 0..1), counters exposed with
+``_total``. Arrivals and completions per second are gauges, not counters to ``rate()``: they are
+the controller's own smoothed estimates (arrivals are counted nowhere, but inferred from the
+queue's growth plus what finished), served so that an outside autoscaler scales on the number swell
+does; ``_per_second`` names their unit. The families read from ``Signals`` are the function's over
+every node (each node serves the same); events acked and dead-lettered, and the sources', are this
+node's own."""
 
 from __future__ import annotations
 
@@ -11,6 +22,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from swell.observe.cost import cost_families
+from swell.observe.slo import slo_families
 from swell.runtime.status import RuntimeSnapshot
 from swell.triggers.base import SourceStatus
 
@@ -25,9 +38,9 @@ _GAUGES: tuple[tuple[str, str, str], ...] = (
     ("queue_delayed", "Events waiting out a delay (retry backoff, throttle).", "delayed"),
     ("queue_oldest_age_seconds", "Age of the oldest unfinished event.", "oldest_age_s"),
     ("in_flight", "Events being handled now.", "in_flight"),
-    ("arrival_rate", "Events/s arriving (smoothed estimate).", "arrival_rate"),
-    ("completion_rate", "Events/s finished (smoothed).", "completion_rate"),
-    ("service_time_seconds", "Mean handler time over the last tick.", "service_time_s"),
+    ("arrivals_per_second", "Events/s arriving (smoothed estimate).", "arrival_rate"),
+    ("completions_per_second", "Events/s finished (smoothed).", "completion_rate"),
+    ("service_time_mean_seconds", "Mean handler time over the last tick.", "service_time_s"),
     ("service_time_p50_seconds", "Median handler time (recent).", "service_p50_s"),
     ("service_time_p99_seconds", "99th percentile handler time (recent).", "service_p99_s"),
     ("error_ratio", "Failed attempts / attempts (smoothed).", "error_rate"),
@@ -83,6 +96,9 @@ class SwellCollector:
         for family, _ in families:
             yield family
         yield from _sources(app, () if snapshot is None else snapshot.sources)
+        # further families (each in docs/metrics.md) follow here
+        yield from cost_families(snapshot)
+        yield from slo_families(snapshot)
 
 
 def _sources(app: str, sources: Iterable[SourceStatus]) -> Iterator[Any]:

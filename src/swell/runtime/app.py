@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from swell.brokers.base import KiB, QueueSpec, StreamSpec, TopicSpec
-from swell.core.config import Duration, seconds
+from swell.core.config import Duration, Size, seconds
+from swell.core.cost import Budget
 from swell.core.errors import AppError
 from swell.core.retry import Retry
+from swell.core.slo import SLO
 from swell.patterns.idempotency import Idempotency
 from swell.runtime.app_sources import SourceDeclarations
 from swell.runtime.app_windows import WindowDeclarations
@@ -31,6 +33,7 @@ from swell.runtime.channels import (
 )
 from swell.runtime.client import close_own, producer_for
 from swell.runtime.context import Context
+from swell.runtime.cost import declared
 from swell.runtime.handler import Handler
 from swell.scaling.base import Controller
 from swell.scaling.limiters import Limiter, RateLimit
@@ -71,6 +74,14 @@ class Function:
     """Declared to share its queue (or group) with other functions, each event going to one."""
     window: WindowSpec | None = None
     """For a window function (``app.window``): what its operator does with the group's events."""
+    slo: SLO | None = None
+    """What it promises (latency, success), watched with burn-rate alerts (``swell slo``)."""
+    memory: int | None = None
+    """Bytes a process instance is priced at (``None``: ``[tool.swell.cost]``'s default)."""
+    budget_per_h: float | None = None
+    """Dollars per hour its projected spend may reach: caps ``Auto``'s max (``swell cost``)."""
+    workload: str = ""
+    """The tag its cost is summed under with other functions' (its name unless given)."""
 
     @property
     def consumes(self) -> str:
@@ -256,7 +267,8 @@ class App(SourceDeclarations, WindowDeclarations):
                  rate_limit: RateLimit | str | None = None,
                  limiters: Sequence[Limiter | str] = (), name: str | None = None,
                  idempotency: Idempotency | None = None,
-                 competing: bool = False) -> Callable[[F], F]:
+                 competing: bool = False, slo: SLO | None = None, memory: Size | None = None,
+                 budget: Budget | None = None, workload: str | None = None) -> Callable[[F], F]:
         """Run the decorated handler for every event of ``trigger``.
 
         ``concurrency``: a controller (``Auto(...)``, the default, scales with the work) or a fixed
@@ -266,6 +278,9 @@ class App(SourceDeclarations, WindowDeclarations):
         handler running past ``timeout`` counts as failed. ``rate_limit`` caps this function's
         calls per second; ``limiters`` names limiters shared with other functions.
         ``idempotency``: run the handler once per idempotency key (see ``swell.Idempotency``).
+        ``slo``: its objectives, counted by the runtime with burn-rate alerts (see ``swell.SLO``).
+        ``memory`` (``"512MiB"``) prices a process instance; ``budget`` (``"$2/h"``) caps ``Auto``'s
+        max at what the spend allows; ``workload`` tags its cost (``swell cost``).
 
         One queue (or consumer group) feeds one function: each event goes to one consumer, so a
         second function on it would take a share of the events, not a copy of each. For each
@@ -280,6 +295,8 @@ class App(SourceDeclarations, WindowDeclarations):
             raise AppError(f"mode must be 'inline' or 'process', not {mode!r}")
         whole_count(min_instances, "min_instances", high=controller.max_units)
         timeout_s = None if timeout is None else seconds(timeout, name="timeout", positive=True)
+        if slo is not None and not isinstance(slo, SLO):
+            raise AppError(f"slo must be an SLO(...), not {slo!r}")
         limit = RateLimit(rate_limit) if isinstance(rate_limit, str) else rate_limit
         names = tuple(lim.name if isinstance(lim, Limiter) else lim for lim in limiters)
         for n in names:
@@ -290,9 +307,10 @@ class App(SourceDeclarations, WindowDeclarations):
             fname: str = name or getattr(fn, "__name__", None) or "handler"
             if fname in self.functions:
                 raise AppError(f"function {fname!r} is declared twice")
+            size, budget_h, tag = declared(fname, mode, controller, memory, budget, workload)
             new = Function(fname, queue, Handler.inspect(fn), controller, retry or Retry(),
                            timeout_s, mode, min_instances, limit, names, group, idempotency,
-                           competing)
+                           competing, slo=slo, memory=size, budget_per_h=budget_h, workload=tag)
             self._check_sharing(new)
             self.functions[fname] = new
             return fn

@@ -30,6 +30,7 @@ import msgspec
 
 from swell.brokers.lease import machine_mark
 from swell.core import keys
+from swell.core.cost import Cost
 from swell.scaling.hotkeys import HotKey
 from swell.scaling.signals import Observation
 
@@ -101,6 +102,8 @@ class FunctionStatus(msgspec.Struct, kw_only=True):
     every node follows (one not yet in it takes no share until the leader counts it)."""
     succeeded: int
     dead_lettered: int
+    cost: Cost | None = None
+    """What the function ran on this node since it started, priced (``swell cost``)."""
     at: float
 
 

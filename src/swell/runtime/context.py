@@ -55,6 +55,8 @@ class Invocation(msgspec.Struct, frozen=True):
     store: IdempotencyStore
     lease_s: float = BLOCK_LEASE_S
     key_state: dict[str, Any] | None = None
+    traceparent: str | None = None
+    """With tracing on, the attempt's process span: what the handler publishes continues from it."""
 
 
 class Backend(Protocol):
@@ -230,6 +232,8 @@ class LocalBackend:
 
     def publish(self, target: Target, data: Any, delay_s: float,
                 attrs: dict[str, Any]) -> Coroutine[Any, Any, str]:
+        if self._inv.traceparent is not None:  # tracing: a child of this attempt's span
+            attrs["traceparent"] = self._inv.traceparent
         return self._inv.publisher.publish(target, data, delay_s=delay_s, **attrs)
 
     def extend(self, seconds: float) -> Awaitable[bool]:

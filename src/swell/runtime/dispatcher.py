@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
@@ -33,11 +34,13 @@ from typing import Any
 
 from swell.brokers.base import Broker, Delivery, QueueSpec, Receipt
 from swell.brokers.producer import Producer
+from swell.core import logs, tracing
 from swell.core.clock import Clock
 from swell.core.errors import SwellError
 from swell.core.outcome import Outcome
 from swell.patterns.idempotency import IdempotencyStore
 from swell.runtime.app import Function
+from swell.runtime.channels import Subscription
 from swell.runtime.context import BLOCK_LEASE_S, Invocation
 from swell.runtime.executor import Executor, once
 from swell.runtime.metrics import FunctionMetrics
@@ -77,6 +80,8 @@ class Dispatcher:
         self._rules = Settle(fn.retry, fn.retry.allowed(spec.max_receives), self.metrics)
         self._lease_s = spec.visibility_timeout_s
         self._queue = spec.name
+        self._dest, self._sub = ((fn.queue.topic, fn.queue.subscription.name)  # (for its spans)
+                                 if isinstance(fn.queue, Subscription) else (spec.name, ""))
         self._bucket = bucket
         self._shared = shared
         self._idem = fn.idempotency
@@ -217,12 +222,15 @@ class Dispatcher:
                         await self._wake.wait()
                 continue
             asked_at = self.limit
+            asked_ns = time.time_ns()  # (a receive span's start)
             try:
                 got = await self.broker.receive(self._queue, n, self._lease_s, wait_s=RECEIVE_WAIT_S)
             except SwellError as exc:
                 log.error("%s: receive failed: %s; retrying in 1 s", self.fn.name, exc)
                 await self.clock.sleep(1.0)
                 continue
+            if got and tracing.ON:
+                tracing.receive_span(self._dest, [g.body for g in got], asked_ns, self.fn.name)
             until = self.clock.monotonic() + self._lease_s
             self._buffer.extend((d, until) for d in got)
             if got and self.limit == 0 and self.activator and not self._stopping:
@@ -327,13 +335,15 @@ class Dispatcher:
 
     async def _process(self, d: Delivery) -> None:
         self.metrics.received += 1
+        if tracing.ON:
+            return await self._traced(d)
         run = self._execute if self._idem is None else self._once
         try:
             if self._bucket is None and not self._shared:
-                outcome = await run(d)  # no gates: spare the context manager per event
+                outcome = await run(d, None)  # no gates: spare the context manager per event
             else:
                 async with self._gates():
-                    outcome = await run(d)
+                    outcome = await run(d, None)
         except Exception as exc:  # swell's own failure around the handler: a failed attempt
             log.exception("%s: event %s: error around the handler", self.fn.name, d.receipt.id)
             outcome = Outcome("crashed", f"swell error: {exc!r}")
@@ -341,31 +351,52 @@ class Dispatcher:
             await self._settle(d, outcome)
         except Exception:  # its lease is no longer renewed: back in the queue within a timeout
             log.exception("%s: event %s could not be settled", self.fn.name, d.receipt.id)
+        logs.ATTEMPT.set(None)  # (the executor named the attempt for the log lines about it)
 
-    def _execute(self, d: Delivery, state: dict[str, Any] | None = None
+    async def _traced(self, d: Delivery) -> None:
+        """``_process`` in a process span, with a settle span for what became of the attempt."""
+        run = self._execute if self._idem is None else self._once
+        with tracing.process_span(self._dest, d.body, attempt=d.receive_count, group=self.fn.name,
+                                  subscription=self._sub or None) as attempt:
+            try:
+                async with self._gates():
+                    outcome = await run(d, attempt.traceparent)
+            except Exception as exc:
+                log.exception("%s: event %s: error around the handler", self.fn.name, d.receipt.id)
+                outcome = Outcome("crashed", f"swell error: {exc!r}")
+            attempt.outcome(outcome.kind, outcome.error)
+            span = tracing.settle_span(self._dest)
+            try:
+                span.set_attribute("messaging.operation.name", await self._settle(d, outcome))
+            except Exception:
+                log.exception("%s: event %s could not be settled", self.fn.name, d.receipt.id)
+            span.end()
+        logs.ATTEMPT.set(None)
+
+    def _execute(self, d: Delivery, trace: str | None, state: dict[str, Any] | None = None
                  ) -> Coroutine[Any, Any, Outcome]:
         """The executor's call for ``d``; its deadline starts now, once the gates have opened."""
         timeout = self.fn.timeout_s
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         receipt = d.receipt
         inv = Invocation(deadline, self.producer, lambda s: self._extend(receipt, s), self._blocks,
-                         self._lease_s if state is not None else BLOCK_LEASE_S, state)
+                         self._lease_s if state is not None else BLOCK_LEASE_S, state, trace)
         return self.executor.execute(d, inv)
 
-    async def _once(self, d: Delivery) -> Outcome:
+    async def _once(self, d: Delivery, trace: str | None) -> Outcome:
         """``_execute`` under the function's idempotency key (see ``swell.patterns.idempotency``)."""
         assert self._idem is not None and self._store is not None
         return await once(self.fn.name, self._idem, self._store, d, self._lease_s,
-                          lambda state: self._execute(d, state))
+                          lambda state: self._execute(d, trace, state))
 
-    async def _settle(self, d: Delivery, out: Outcome) -> None:
-        """Act on ``out`` by the rules of ``swell.runtime.settle``."""
-        action = self._rules(out, d.receive_count)
+    async def _settle(self, d: Delivery, out: Outcome) -> str:
+        """Act on ``out`` by the rules of ``swell.runtime.settle``; what it did."""
+        action = self._rules(out, d.receive_count, d)
         kind = action.kind
         if kind == "ack":
             self._acks.append(d.receipt)
             self._acks_ready.set()
-            return
+            return kind
         if kind == "dead_letter":
             log.warning("%s: event dead-lettered (%s): %s", self.fn.name, action.reason,
                         action.error)
@@ -373,12 +404,13 @@ class Dispatcher:
                 await self.broker.dead_letter(d.receipt, action.reason, action.error)
             except SwellError as exc:  # the lease expires and the broker's max_receives takes over
                 log.error("%s: could not dead-letter: %s", self.fn.name, exc)
-            return
+            return kind
         if kind == "retry":
             log.info("%s: attempt %d failed (%s); retrying", self.fn.name, d.receive_count,
                      action.error)
         with suppress(SwellError):  # a throttle is not a receive: it does not count
             await self.broker.release([d.receipt], action.delay_s, count=kind == "retry")
+        return kind
 
     # -- acks ----------------------------------------------------------------------------------
     async def _ack_loop(self) -> None:

@@ -11,6 +11,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from functools import partial
 from types import CoroutineType
 from typing import Any, Protocol
@@ -19,13 +20,15 @@ import pydantic
 
 from swell.brokers.base import Delivery
 from swell.brokers.producer import Producer
+from swell.core import logs
 from swell.core.describe import describe, describe_validation
 from swell.core.errors import IdempotencyConflict, PayloadError, SwellError
 from swell.core.event import Event
 from swell.core.outcome import Kind, Outcome, outcome_of
 from swell.patterns.idempotency import Busy, Done, Idempotency, IdempotencyStore, fingerprint
 from swell.runtime.app import Function
-from swell.runtime.context import ContextBase, Invocation, LocalBackend
+from swell.runtime.context import ContextBase, Invocation
+from swell.runtime.cost import CountingBackend, Usage
 
 log = logging.getLogger("swell.executor")
 
@@ -144,6 +147,8 @@ class Executor(Protocol):
 
     on_change: Callable[[], None] | None
     """Called when units start, become ready or end (the Dispatcher looks again)."""
+    usage: Usage
+    """The unit-seconds it has held (what its cost is priced from)."""
 
     @property
     def starting(self) -> int:
@@ -174,6 +179,7 @@ class InlineExecutor:
         self.fn = fn
         self.producer = producer
         self._units = 0
+        self.usage = Usage()  # a unit is held from when it is scaled to until it is scaled away
         self._threads = None if fn.handler.is_async else ThreadPoolExecutor(
             max_units, thread_name_prefix=f"swell-{fn.name}")
         self._stuck = 0  # threads still running handlers that timed out
@@ -187,6 +193,7 @@ class InlineExecutor:
 
     async def scale_to(self, units: int) -> None:
         self._units = units
+        self.usage.held(units)
 
     async def execute(self, d: Delivery, inv: Invocation) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -194,12 +201,14 @@ class InlineExecutor:
         handler = self.fn.handler
         # (a Context, and so its backend, only for a handler that takes one)
         make = _no_context if handler.context is None else partial(
-            LocalBackend(inv, self.fn.name, d.receive_count, loop).context,
+            CountingBackend(self.usage, inv, self.fn.name, d.receive_count, loop).context,
             deadline=deadline, is_async=handler.is_async)
         bound = bind(self.fn, d.body, make)
         if isinstance(bound, Outcome):
             return bound
         event, kwargs = bound
+        logs.ATTEMPT.set((self.fn.name, event.id, d.receive_count, event.correlationid,
+                          event.traceparent))
         started = loop.time()
         thread = None
         try:
@@ -208,7 +217,9 @@ class InlineExecutor:
                 if type(call) is not CoroutineType and not inspect.isawaitable(call):
                     call = _given(check_result(self.fn, call))  # a decorator gave a value
             else:
-                thread = loop.run_in_executor(self._threads, _call_sync, self.fn, kwargs)
+                # in the attempt's context: its log fields, its trace span
+                thread = loop.run_in_executor(self._threads, copy_context().run, _call_sync, self.fn,
+                                              kwargs)
                 call = asyncio.shield(thread)
             if deadline is None:
                 result = await call
@@ -229,5 +240,6 @@ class InlineExecutor:
         return Outcome("ok", service_s=loop.time() - started, result=result)
 
     async def stop(self) -> None:
+        self.usage.held(0)
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)

@@ -43,7 +43,7 @@ from swell.brokers.base import (
 from swell.brokers.lease import Lease
 from swell.brokers.logs import commit, committed
 from swell.brokers.producer import Producer
-from swell.core import keys
+from swell.core import keys, logs, tracing
 from swell.core.clock import Clock
 from swell.core.errors import SwellError
 from swell.core.outcome import Outcome
@@ -53,7 +53,7 @@ from swell.runtime.assignment import Assignment, assign, summary
 from swell.runtime.context import BLOCK_LEASE_S, Invocation, no_extend
 from swell.runtime.executor import Executor, once
 from swell.runtime.metrics import FunctionMetrics
-from swell.runtime.settle import Settle
+from swell.runtime.settle import Action, Settle
 from swell.scaling.hotkeys import HotKey, HotKeys
 from swell.scaling.signals import Observation
 
@@ -383,8 +383,10 @@ class GroupDispatcher:
         while True:
             d = Delivery(receipt=receipt, body=r.body, headers=r.headers, receive_count=attempt,
                          enqueued_at=r.timestamp, first_received_at=first)
-            out = await self._run(d)
-            action = self._rules(out, attempt, owned=out.kind == "ok" or self._holds(part))
+            if tracing.ON:
+                action = await self._traced(part, d, attempt)
+            else:
+                action = self._settle(part, d, attempt, await self._run(d))
             if action.kind in ("ack", "let_go"):
                 return
             if action.kind == "dead_letter":
@@ -396,21 +398,36 @@ class GroupDispatcher:
                 attempt += 1  # a throttle is not an attempt
             await self.clock.sleep(action.delay_s)
 
-    async def _run(self, d: Delivery) -> Outcome:
+    def _settle(self, part: Partition, d: Delivery, attempt: int, out: Outcome) -> Action:
+        logs.ATTEMPT.set(None)  # (the executor named the attempt for the log lines about it)
+        return self._rules(out, attempt, d, owned=out.kind == "ok" or self._holds(part))
+
+    async def _traced(self, part: Partition, d: Delivery, attempt: int) -> Action:
+        """One attempt in its process span, with a settle span for what became of it."""
+        with tracing.process_span(self.group.stream.name, d.body, attempt=attempt,
+                                  group=self.group.name, partition=part.p) as span:
+            out = await self._run(d, span.traceparent)
+            span.outcome(out.kind, out.error)
+            action = self._settle(part, d, attempt, out)
+            tracing.settle_span(self.group.stream.name, action.kind).end()
+            return action
+
+    async def _run(self, d: Delivery, trace: str | None = None) -> Outcome:
         """One attempt: under the function's idempotency key, if it has one."""
         if self._idem is None or self._store is None:
-            return await self._execute(d)
+            return await self._execute(d, trace)
 
         def execute(state: dict[str, Any]) -> Awaitable[Outcome]:
-            return self._execute(d, state)
+            return self._execute(d, trace, state)
 
         return await once(self.fn.name, self._idem, self._store, d, LEASE_S, execute)
 
-    def _execute(self, d: Delivery, state: dict[str, Any] | None = None) -> Awaitable[Outcome]:
+    def _execute(self, d: Delivery, trace: str | None, state: dict[str, Any] | None = None
+                 ) -> Awaitable[Outcome]:
         timeout = self.fn.timeout_s
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         inv = Invocation(deadline, self.producer, no_extend, self._blocks,
-                         LEASE_S if state is not None else BLOCK_LEASE_S, state)
+                         LEASE_S if state is not None else BLOCK_LEASE_S, state, trace)
         return self.executor.execute(d, inv)
 
     async def _dead_letter(self, r: Record, reason: str, error: str, attempts: int) -> None:

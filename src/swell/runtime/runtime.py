@@ -27,6 +27,7 @@ from swell.brokers.producer import Producer, Target
 from swell.brokers.url import open_broker
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import SwellError
+from swell.runtime import slo
 from swell.runtime.app import App, Function, declare
 from swell.runtime.client import bind, unbind
 from swell.runtime.cluster import (
@@ -36,6 +37,7 @@ from swell.runtime.cluster import (
     node_id,
     share,
 )
+from swell.runtime.cost import budgeted, cost_record
 from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import Executor, InlineExecutor
 from swell.runtime.groups import GroupDispatcher
@@ -122,7 +124,7 @@ class Runtime:
         peers = await self.membership.peers()
         statuses: list[Due] = []
         for fn in self.app.functions.values():
-            controller = fn.controller()
+            controller = budgeted(fn, fn.controller())  # (Auto capped by the fn's budget=)
             st = FunctionState(fn, self._dispatcher(fn, controller), controller)
             self.functions[fn.name] = st
             # a first decision on no data: a fixed pool starts full, Auto starts cold
@@ -131,6 +133,7 @@ class Runtime:
             await self._apply(st, peers.get(fn.name, {}))
             if isinstance(st.dispatcher, GroupDispatcher):
                 await st.dispatcher.lag()  # work waiting at start: a unit now (its activator)
+            slo.watch(st, self.clock)  # (before its first event)
             st.dispatcher.start()
             statuses.append((self._status(st, first, st.dispatcher.observe(first.t, None, 0, None)),
                              None))
@@ -208,6 +211,7 @@ class Runtime:
         await self.membership.publish(statuses)
         await self._heartbeat()
         await self.sources.publish()
+        await slo.tick(self)
 
     async def _sample(self, st: FunctionState, own: Observation,
                       peers: dict[str, FunctionStatus]) -> Due | None:
@@ -329,7 +333,7 @@ class Runtime:
             members=st.members,
             reason=st.decision.reason, signals=signals_dict(s),
             obs=for_publishing(own), succeeded=m.succeeded, dead_lettered=m.dead_lettered,
-            at=self.clock.time())
+            cost=cost_record(st), at=self.clock.time())
         if isinstance(g := st.dispatcher, GroupDispatcher):
             status = msgspec.structs.replace(
                 status, group=g.group.key, partitions=g.partitions, lags=g.lags,
@@ -350,6 +354,7 @@ class Runtime:
             for task in stuck:
                 log.warning("%s did not stop within %g s; going on", task.get_name(), STOP_WAIT_S)
         await asyncio.gather(*(st.dispatcher.stop(grace_s) for st in self.functions.values()))
+        await slo.tick(self, final=True)
         await self.membership.leave(list(self.functions))
         unbind(self.app, self.producer)
         self.functions.clear()

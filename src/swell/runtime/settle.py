@@ -4,7 +4,8 @@ used by a queue's Dispatcher, a consumer group and a replay alike:
 ============================  ===========  =========================================================
 outcome                       action       counted (``FunctionMetrics``)
 ============================  ===========  =========================================================
-ok                            ack          attempts, service time, succeeded
+ok                            ack          attempts, service time, succeeded (and, for a
+                                           function with an SLO, its latency against it)
 duplicate (key done before)   ack          duplicates, succeeded (not an attempt: it did not run)
 invalid / malformed           dead_letter  dead_lettered, at once ("invalid payload" / "malformed
                                            event"); not an attempt
@@ -24,6 +25,9 @@ What an action means is the consumer's: a queue releases the event (with its del
 release is not counted as a receive), dead-letters it through the broker, or batches its ack; a
 consumer group holds its partition and waits, or sends the event to the group's dead-letter queue;
 a replay waits, and counts a dead letter as a failure (it has no dead-letter queue).
+
+A function with an SLO on a runtime also counts each event that finishes (acked: good,
+dead-lettered: bad) into ``FunctionMetrics.slo``; without one, that costs one attribute check.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Literal
 
 import msgspec
 
+from swell.brokers.base import Delivery
 from swell.core.outcome import Outcome
 from swell.core.retry import Retry, throttle_delay_s
 from swell.runtime.metrics import FunctionMetrics
@@ -73,23 +78,32 @@ class Settle:
         self.attempts = attempts
         self.metrics = metrics
 
-    def __call__(self, out: Outcome, attempt: int, *, owned: bool = True) -> Action:
+    def __call__(self, out: Outcome, attempt: int, delivery: Delivery | None = None, *,
+                 owned: bool = True) -> Action:
         """The action for attempt number ``attempt`` (1-based) that ended as ``out``. ``owned``:
-        whether the event is still this consumer's to retry or dead-letter."""
+        whether the event is still this consumer's to retry or dead-letter. ``delivery``: the
+        event, for its latency when its function has an SLO (positional: a keyword costs more
+        than the check, per event)."""
         m = self.metrics
         kind = out.kind
         if kind == "ok":  # first: the hot path
             m.attempts += 1
             m.service(out.service_s)
             m.succeeded += 1
+            if m.slo is not None:
+                m.slo.acked(delivery, True)
             return ACK
         if kind in ("invalid", "malformed"):
             m.dead_lettered += 1
+            if m.slo is not None:
+                m.slo.bad += 1
             return Action("dead_letter", reason=REASON_INVALID if kind == "invalid"
                           else REASON_MALFORMED, error=out.error or kind)
         if kind == "duplicate":  # its idempotency key was done before: acked, not run
             m.duplicates += 1
             m.succeeded += 1
+            if m.slo is not None:
+                m.slo.acked(delivery, False)
             return ACK
         m.attempts += 1
         if kind == "throttled":
@@ -103,6 +117,8 @@ class Settle:
         error = out.error or kind
         if attempt >= self.attempts:
             m.dead_lettered += 1
+            if m.slo is not None:
+                m.slo.bad += 1
             return Action("dead_letter", reason=failed_reason(attempt), error=error)
         m.retried += 1
         return Action("retry", self.retry.delay_s(attempt), error=error)

@@ -30,8 +30,11 @@ from swell.brokers.base import (
 )
 from swell.brokers.logs import committed
 from swell.core import keys
+from swell.core.cost import Cost
 from swell.core.errors import ConfigError
 from swell.runtime.cluster import FunctionStatus, NodeInfo
+from swell.runtime.cost import cost_record
+from swell.runtime.slo import SloSnapshot, slo_of
 from swell.runtime.sources import read_sources
 from swell.scaling.hotkeys import HotKey
 from swell.scaling.signals import Signals
@@ -39,6 +42,7 @@ from swell.triggers.base import SourceStatus
 
 if TYPE_CHECKING:
     from swell.patterns.sagas.log import SagaLog
+    from swell.runtime.app import Function
     from swell.runtime.runtime import Runtime
 
 T = TypeVar("T")
@@ -69,6 +73,8 @@ class FunctionOnNode:
     dead_lettered: int
     at: float
     """When the node wrote its record (its wall clock)."""
+    cost: Cost | None = None
+    """What the function ran on this node, priced (``None``: a record of an older swell)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +172,8 @@ def _view(records: list[_Record]) -> FunctionView:
         lags=tuple(r.lags), window=_windows([x.status.window for x in records]),
         nodes=tuple(FunctionOnNode(node=n.node, share=n.share, leads=n.node == n.leader,
                                    partitions=tuple(n.partitions), hot_keys=tuple(n.hot_keys),
-                                   succeeded=n.succeeded, dead_lettered=n.dead_lettered, at=n.at)
+                                   succeeded=n.succeeded, dead_lettered=n.dead_lettered, at=n.at,
+                                   cost=n.cost)
                     for n in (x.status for x in records)))
 
 
@@ -342,6 +349,10 @@ class FunctionSnapshot:
     dead_lettered: int
     signals: Signals | None
     """The latest sample (``None`` before the first tick)."""
+    cost: Cost | None = None
+    """What it ran on this node so far, priced."""
+    slo: SloSnapshot | None = None
+    """Its SLO's counts on this node and latest burn rates (``None``: it declares none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,12 +366,18 @@ class RuntimeSnapshot:
     sources: tuple[SourceStatus, ...] = ()
 
 
+def _consumed(fn: Function) -> str:
+    """What a function reads, as its metrics name it: its queue, or its ``stream/group``."""
+    return fn.queue.name if fn.group is None else fn.group.key
+
+
 def snapshot_of(runtime: Runtime) -> RuntimeSnapshot:
     """``runtime`` now. Call it on the runtime's event loop (its state changes there)."""
     return RuntimeSnapshot(app=runtime.app.name, node=runtime.node, functions=tuple(
-        FunctionSnapshot(name=st.fn.name, queue=st.fn.queue.name, mode=st.fn.mode,
+        FunctionSnapshot(name=st.fn.name, queue=_consumed(st.fn), mode=st.fn.mode,
                          desired=st.decision.desired, reason=st.decision.reason, share=st.share,
                          in_flight=st.dispatcher.in_flight,
                          succeeded=st.dispatcher.metrics.succeeded,
-                         dead_lettered=st.dispatcher.metrics.dead_lettered, signals=st.signals)
+                         dead_lettered=st.dispatcher.metrics.dead_lettered, signals=st.signals,
+                         cost=cost_record(st), slo=slo_of(st.dispatcher.metrics.slo))
         for st in runtime.functions.values()), sources=tuple(runtime.sources.statuses()))

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from swell.core.config import Duration, seconds, whole
+from swell.core.cost import BudgetCap
 from swell.core.errors import ConfigError
 from swell.scaling.base import Decision
 from swell.scaling.signals import Ewma, Signals
@@ -67,6 +68,10 @@ class Auto:
 
     ``target_wait``: how soon a backlog should be drained; ``idle``: how long a function with
     nothing to do keeps its units before going to ``min`` (zero by default).
+
+    ``cap``, set by the runtime from the function's ``budget=``, bounds the units at what the
+    budget pays for, each unit at its price and the events it finishes now (see ``BudgetCap``;
+    never below one, nor below ``min``).
     """
 
     def __init__(self, min: int = 0, max: int = 64, target_wait: Duration = 10.0,
@@ -77,6 +82,7 @@ class Auto:
             raise ConfigError(f"Auto needs 0 <= min <= max and max >= 1, got min={min} max={max}")
         self.target_wait_s = seconds(target_wait, name="Auto(target_wait=...)", positive=True)
         self.idle_s = seconds(idle, name="Auto(idle=...)")
+        self.cap: BudgetCap | None = None
         self._st = _State()
 
     def __repr__(self) -> str:
@@ -111,8 +117,19 @@ class Auto:
             st.quiet_since = None
         elif st.quiet_since is None:  # quiet since the last tick that saw work
             st.quiet_since = last.t if last is not None else s.t
-        st.decision = self._clamp(s, self._recommend(s, service))
+        st.decision = self._capped(s, service, self._clamp(s, self._recommend(s, service)))
         return st.decision
+
+    def _capped(self, s: Signals, service: float, d: Decision) -> Decision:
+        """``d``, or fewer units if the budget's projected spend at ``d`` would pass it."""
+        if self.cap is None:
+            return d
+        top = max(self.cap.units(s.completion_rate, max(s.current, s.busy), service),
+                  self.min_units)
+        if d.desired <= top:
+            return d
+        return Decision(top, f"capped at {top} by budget {self.cap} (wanted {d.desired}: "
+                        f"{d.reason})")
 
     # -- estimates -----------------------------------------------------------------------------
     def _service(self, s: Signals, last: Signals | None, dt: float, paused: bool) -> float:

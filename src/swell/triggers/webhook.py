@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from swell.core import tracing
 from swell.core.config import Duration, Rate, Size, byte_size, per_second, seconds
 from swell.core.errors import AppError, SwellError
 from swell.core.event import Event
@@ -189,13 +190,15 @@ class Webhook:
                 env: SourceEnv) -> list[Event[Any]]:
         attributes = {ext: request.headers[h] for h, ext in self.headers.items()
                       if h in request.headers}
+        parent, state = tracing.incoming(request.headers)  # the caller's trace goes on with them
         if self.records is not None:
             try:
                 records = self.records(data)
             except SwellError as exc:
                 raise Rejected(400, "malformed", str(exc)) from None
             return [env.emitter.event(r.data, id=r.id, type=r.type, subject=r.subject,
-                                      attributes=attributes or None) for r in records]
+                                      attributes=attributes or None, traceparent=parent,
+                                      tracestate=state) for r in records]
         delivery, kind = (None, None) if self.verifier is None else \
             self.verifier.identity(request.headers, data)
         delivery = delivery or request.headers.get("idempotency-key")
@@ -203,7 +206,8 @@ class Webhook:
             raise Rejected(400, "malformed", "the delivery id (or Idempotency-Key) must be 1-200 "
                            "printable ASCII characters")
         return [env.emitter.event(data, id=delivery, type=kind or self.type,
-                                  datacontenttype=content_type, attributes=attributes or None)]
+                                  datacontenttype=content_type, attributes=attributes or None,
+                                  traceparent=parent, tracestate=state)]
 
     async def _store(self, events: list[Event[Any]], env: SourceEnv) -> Reply:
         try:

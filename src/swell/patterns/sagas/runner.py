@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from swell.core import tracing
 from swell.core.codec import decode_json, encode_json
 from swell.core.describe import describe, describe_validation
 from swell.core.errors import PayloadError, Throttled
@@ -29,7 +30,7 @@ from swell.patterns.sagas.log import (
     queue_of,
     update,
 )
-from swell.patterns.sagas.steps import Publisher, SagaContext, Step
+from swell.patterns.sagas.steps import Call, Publisher, SagaContext, Step
 
 if TYPE_CHECKING:
     from swell.brokers.producer import Producer
@@ -224,6 +225,19 @@ class Runner:
         deadline = loop.time() + step.timeout_s
         sctx = SagaContext(saga=self.saga.name, saga_id=self.id, step=step.name, phase=todo.phase,
                            attempt=todo.attempt, deadline=deadline, ctx=self.ctx)
+        if not tracing.ON:
+            return await self._run(todo, call, sctx, deadline)
+        with tracing.step_span(self.saga.name, self.id, step.name, todo.phase, todo.attempt) as span:
+            out = await self._run(todo, call, sctx, deadline)
+            if out.error is not None:
+                tracing.failed(span, "throttled" if out.throttled_s is not None else "failed",
+                               out.error)
+            return out
+
+    async def _run(self, todo: _Todo, call: Call, sctx: SagaContext, deadline: float) -> _Outcome:
+        step = todo.step
+        assert step is not None
+        loop = asyncio.get_running_loop()
         try:
             kwargs = call.arguments(todo.data, todo.result, sctx)
         except pydantic.ValidationError as exc:

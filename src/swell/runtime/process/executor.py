@@ -10,7 +10,8 @@ from swell.brokers.base import Delivery
 from swell.brokers.producer import Producer
 from swell.core.outcome import Outcome
 from swell.runtime.app import Function
-from swell.runtime.context import Invocation, LocalBackend
+from swell.runtime.context import Invocation
+from swell.runtime.cost import CountingBackend, Usage
 from swell.runtime.process.pool import ProcessPool
 from swell.runtime.process.warm import locate
 
@@ -30,12 +31,16 @@ class ProcessExecutor:
         self.fn = fn
         self.starting = self.cold_starts = 0
         self.on_change: Callable[[], None] | None = None
+        self.usage = Usage()  # each instance from when it is asked for until it is reaped
         self.pool = ProcessPool(locate(fn), fn.name, timeout_s=fn.timeout_s,
                                 min_instances=min_instances, max_instances=max(1, max_units),
                                 on_publish=publish, on_change=self._changed)
 
     def _changed(self) -> None:
         self.starting, self.cold_starts = self.pool.starting, self.pool.cold_starts
+        alive = len(self.pool.instances())  # the pool calls this as each is added and removed
+        if alive != self.usage.units:
+            self.usage.held(alive)
         if self.on_change is not None:
             self.on_change()
 
@@ -46,7 +51,8 @@ class ProcessExecutor:
         await self.pool.scale_to(units)
 
     async def execute(self, d: Delivery, inv: Invocation) -> Outcome:
-        backend = LocalBackend(inv, self.fn.name, d.receive_count, asyncio.get_running_loop())
+        backend = CountingBackend(self.usage, inv, self.fn.name, d.receive_count,
+                                  asyncio.get_running_loop())
         try:
             return await self.pool.run(d.body, d.receive_count, backend=backend)
         finally:
