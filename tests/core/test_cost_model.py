@@ -60,11 +60,40 @@ def test_the_budget_caps_units_at_the_projected_spend() -> None:
     assert cap.spend_per_hour(2, 4.0, 4) <= 1.0 < cap.spend_per_hour(3, 4.0, 4)
     assert cap.units(4.0, 0) == cap.units(4.0, 1) == 1  # (no unit yet: as if one)
     assert cap.units(100.0, 1) == 1  # events alone pass it: slowed to one unit, never stopped
-    # at 0.5 s an event a unit finishes 2/s, whatever the (lagging) rate says: $0.82/h a unit
+    # at 0.5 s an event a unit finishes 2/s at least, whatever the (lagging) rate says: $0.82/h
     assert cap.units(0.0, 4, service_s=0.5) == cap.units(8.0, 4) == 1
     assert cap.units(40.0, 4, service_s=0.5) == 1 and cap.units(0.0, 4, service_s=None) == 10
     assert BudgetCap(1.0, 0.0, 0.0).units(5.0, 1) == 2**31 - 1
     assert str(cap) == "$1/h"
+
+
+def test_a_unit_finishes_at_most_one_event_per_service_time_of_late() -> None:
+    cap = BudgetCap(per_hour=1.0, unit_second=0.1 / 3600, per_event=0.0001)
+    # the rate is still 8 units' at 1/s each, but 2 units are left: not 4/s a unit ($1.54/h,
+    # the cap dips to 1), at most one per last tick's service time ($0.46/h a unit)
+    assert cap.units(8.0, 2, service_s=2.0) == 1
+    assert cap.units(8.0, 2, service_s=2.0, latest_s=1.0) == 2
+    assert cap.spend_per_hour(2, 8.0, 2, 2.0, 1.0) == pytest.approx(2 * (0.1 + 0.36))
+    # a faster handler of late is no reason to take a lagging rate under one per service time
+    assert cap.units(0.0, 2, service_s=0.5, latest_s=0.25) == cap.units(0.0, 2, service_s=0.5)
+
+
+def test_an_event_is_priced_at_its_invocations_and_operations_never_below_the_least() -> None:
+    p = Prices()
+    least = p.invocation + 2 * p.broker_operation
+    assert p.per_event() == least == p.per_event(0.5, 1.0)  # (a window's rounding: the least)
+    # sends three events on: a receive, an ack and three sends an event
+    assert p.per_event(1.0, 5.0) == pytest.approx(p.invocation + 5 * p.broker_operation)
+    # half the events retried once: 1.5 invocations, 3 operations (release, receive again)
+    assert p.per_event(1.5, 3.0) == pytest.approx(1.5 * p.invocation + 3 * p.broker_operation)
+    # a budget priced at what the events measure caps fewer units than at the least price, and
+    # the measured spend of those units stays within it where the least price's would not
+    at_least = BudgetCap(per_hour=0.1, unit_second=p.inline_unit_second, per_event=least)
+    priced = BudgetCap(per_hour=0.1, unit_second=p.inline_unit_second,
+                       per_event=p.per_event(1.0, 5.0))
+    few, many = priced.units(0.0, 1, 0.5), at_least.units(0.0, 1, 0.5)
+    assert (few, many) == (6, 12)
+    assert priced.spend_per_hour(few, 0.0, 1, 0.5) <= 0.1 < priced.spend_per_hour(many, 0.0, 1, 0.5)
 
 
 def test_costs_add_up_over_nodes() -> None:

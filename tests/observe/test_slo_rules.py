@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
@@ -94,21 +95,34 @@ tests:
 """
 
 
-def test_the_rules_page_on_a_ten_minute_fault_and_clear_after(tmp_path: Path) -> None:
+@pytest.mark.parametrize("function", ["charge", 'odd "name"\n{{ $labels }}\t\u00e9'])
+def test_the_rules_page_on_a_ten_minute_fault_and_clear_after(tmp_path: Path,
+                                                              function: str) -> None:
     """promtool runs the rules on the series of a fault from minute 90 to 100: both pages fire
     within it; the 1h/5m one clears once its 5 m window is clean, the 6h/30m one once its 30 m
-    window is."""
-    (tmp_path / "alerts.yaml").write_text(rules_yaml(SLOS[:1]))
-    labels = "app: shop, function: charge, objective: success, severity: page"
+    window is. A function named with quotes, a newline and template braces is matched and
+    labelled as it is named."""
+    (tmp_path / "alerts.yaml").write_text(rules_yaml([("shop", function, SLOS[0][2])]))
+    name = json.dumps(function)
+    labels = f"app: shop, function: {name}, objective: success, severity: page"
     what = "Objective: 0.999 of finished events acked, not dead-lettered, over 28d."
     fast, slow = (
         f'{{exp_labels: {{{labels}, windows: "{a.name}"}}, exp_annotations: {{summary: '
-        f'"shop.charge: success SLO error budget burning over {a.factor:g}x (windows {a.name})", '
-        f'description: "{what} At this rate its error budget is gone in {hours} h."}}}}'
+        + json.dumps(f"shop.{function}: success SLO error budget burning over {a.factor:g}x "
+                     f"(windows {a.name})")
+        + f', description: "{what} At this rate its error budget is gone in {hours} h."}}}}'
         for a, hours in zip(ALERTS[:2], ("46.7", "112"), strict=True))
     (tmp_path / "test.yaml").write_text(UNIT_TEST % {
-        "on": 'app="shop",function="charge",objective="success"', "fast": fast, "slow": slow})
+        "on": f'app="shop",function={name},objective="success"', "fast": fast, "slow": slow})
     check(tmp_path, "test", "rules", "test.yaml")
+
+
+def test_functions_whose_joined_names_match_get_groups_of_their_own(tmp_path: Path) -> None:
+    slo = SLO(latency=None)
+    rules = rules_yaml([("a-b", "c", slo), ("a", "b-c", slo), ("a", "b\nc", slo)])
+    (tmp_path / "alerts.yaml").write_text(rules)
+    assert "SUCCESS: 14 rules found" in check(tmp_path, "check", "rules", "alerts.yaml")
+    assert rules.count("  - name: ") == 4
 
 
 # -- metrics ---------------------------------------------------------------------------------------

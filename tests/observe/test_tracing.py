@@ -25,6 +25,7 @@ from support.eventually import until
 from support.running import running
 from support.swellprocs import Swell, wait_for
 from swell import App, Context, Retry
+from swell.brokers.base import Message
 from swell.core import logs, tracing
 from swell.patterns.sagas import SagaContext
 from swell.triggers.webhook import Request, Webhook
@@ -198,19 +199,50 @@ async def test_tracing_off_makes_no_spans(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    assert not tracing.ON  # nothing set globally: tests' own providers are given to use()
+    tracing.use(provider)
+    tracing.use(None)  # on, then off: nothing may still hold the tracer
     app = App("quiet")
     q = app.queue("q")
-    seen: list[str | None] = []
+    seen: list[tuple[str | None, Any]] = []
 
     @app.function(q)
     async def handle(data: dict[str, Any], ctx: Context) -> None:
-        seen.append(ctx.event.traceparent)
+        seen.append((ctx.event.traceparent, ctx.event.extensions.get("tracestate")))
+        if data["n"] == 1:
+            await ctx.publish(q, {"n": 2})
 
     async with running(app, f"sqlite:///{tmp_path / 'swell.db'}"):
-        await app.publish(q, {"n": 1}, traceparent=CALLER)
-        await until(lambda: seen == [CALLER])  # carried as it came, untouched
+        await app.publish(q, {"n": 1}, traceparent=CALLER, tracestate="vendor=abc")
+        await until(lambda: len(seen) == 2)
+    assert seen == [(CALLER, "vendor=abc")] * 2  # carried on untouched, hop after hop
     assert exporter.get_finished_spans() == ()
+
+
+async def test_a_malformed_trace_context_never_fails_an_attempt(
+        tmp_path: Path, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture) -> None:
+    app = App("odd")
+    q = app.queue("q")
+    seen: list[int] = []
+
+    @app.function(q)
+    async def handle(data: dict[str, int]) -> None:
+        seen.append(data["n"])
+
+    bad = [("garbage", None), (CALLER.upper(), None), (f"00-{'0' * 32}-b7ad6b7169203331-01", None),
+           (CALLER, "Not A=valid,,state"), ("ff" + CALLER[2:], "x" * 600)]
+    with caplog.at_level(logging.WARNING):
+        async with running(app, f"sqlite:///{tmp_path / 'swell.db'}"):
+            for n, (parent, state) in enumerate(bad):
+                await app.publish(q, {"n": n}, traceparent=parent, tracestate=state)
+            await until(lambda: sorted(seen) == list(range(len(bad))))
+    process = by_name(spans.get_finished_spans(), "process q")
+    assert len(process) == len(bad) and all(s.status.status_code is not StatusCode.ERROR
+                                             for s in process)
+    # each came as a child of the client's send span, whatever it carried: a bad parent is
+    # never taken, a bad tracestate is dropped quietly
+    sends = {s.context.span_id for s in by_name(spans.get_finished_spans(), "send q")}
+    assert all(parent_of(s) in sends for s in process)
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
 
 
 async def test_json_logs_name_the_attempt(tmp_path: Path, spans: InMemorySpanExporter) -> None:
@@ -226,19 +258,23 @@ async def test_json_logs_name_the_attempt(tmp_path: Path, spans: InMemorySpanExp
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(logs.JsonFormatter())  # formats as each line is logged, in its context
-    watched = [logging.getLogger("user.code"), logging.getLogger("swell.executor")]
+    watched = [logging.getLogger(n) for n in ("user.code", "swell.executor", "swell.dispatcher")]
     for logger in watched:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     try:
-        async with running(app, f"sqlite:///{tmp_path / 'swell.db'}"):
+        async with running(app, f"sqlite:///{tmp_path / 'swell.db'}") as rt:
             event_id = await app.publish(q, {"id": "o-9"}, correlationid="cart-7")
             await until(lambda: out.getvalue().count("charging o-9") == 2)
+            await rt.broker.send("q", [Message(body=b"not an event")])  # malformed, after it
+            await until(lambda: "dead-lettered" in out.getvalue())
     finally:
         for logger in watched:
             logger.removeHandler(handler)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    process = sorted(by_name(spans.get_finished_spans(), "process q"), key=lambda s: s.start_time or 0)
+    process = sorted((s for s in by_name(spans.get_finished_spans(), "process q")
+                      if (s.attributes or {}).get("messaging.message.id") == event_id),
+                     key=lambda s: s.start_time or 0)
     assert len(process) == 2
     user = [ln for ln in lines if ln["logger"] == "user.code"]
     assert [(ln["message"], ln["attempt"]) for ln in user] == [("charging o-9", 1), ("charging o-9", 2)]
@@ -249,6 +285,8 @@ async def test_json_logs_name_the_attempt(tmp_path: Path, spans: InMemorySpanExp
     failure = next(ln for ln in lines if ln["logger"] == "swell.executor")
     assert failure["attempt"] == 1 and failure["event_id"] == event_id
     assert "RuntimeError: once" in failure["exception"]  # the handler's traceback, in the line
+    dead = next(ln for ln in lines if "dead-lettered" in ln["message"])
+    assert "event_id" not in dead  # not named after the event before it
 
 
 APP = '''

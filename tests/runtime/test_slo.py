@@ -16,15 +16,16 @@ import pytest
 
 from support.eventually import until
 from swell import SLO, App, ConfigError, ManualClock, Retry
-from swell.brokers.base import Delivery, Receipt
+from swell.brokers.base import KV, Delivery, KvEntry, Receipt
 from swell.brokers.memory import MemoryBroker
 from swell.brokers.sqlite import SqliteBroker
+from swell.core import keys
 from swell.core.outcome import Outcome
-from swell.core.slo import ALERTS, Tally, assess, burn_rate
+from swell.core.slo import ALERTS, DAY_S, HOUR_S, Tally, assess, burn_rate
 from swell.runtime.metrics import FunctionMetrics, SloCounter
 from swell.runtime.runtime import Runtime
 from swell.runtime.settle import Settle
-from swell.runtime.slo import FunctionSlo, read_slos, step
+from swell.runtime.slo import FunctionSlo, flush, read_slos, step
 from swell.runtime.status import snapshot_of
 
 OK = Outcome("ok")
@@ -285,3 +286,94 @@ async def test_nodes_flushing_at_once_lose_nothing(tmp_path: Path) -> None:
         assert seen.objectives[0].window == Tally(good=100, bad=0)
     finally:
         await broker.close()
+
+
+class CommittedThenCancelled:
+    """A kv whose write number ``n`` commits and then has its caller cancelled, as when
+    ``Runtime.stop`` cancels a flush that SQLite's own thread goes on to commit."""
+
+    def __init__(self, kv: KV, n: int) -> None:
+        self.kv, self.writes, self.n = kv, 0, n
+
+    async def _wrote(self, revision: int | None) -> int | None:
+        self.writes += 1
+        if self.writes == self.n:
+            raise asyncio.CancelledError
+        return revision
+
+    async def get(self, key: str) -> KvEntry | None:
+        return await self.kv.get(key)
+
+    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> int:
+        revision = await self.kv.put(key, value, ttl_s)
+        await self._wrote(revision)
+        return revision
+
+    async def put_if_absent(self, key: str, value: bytes, ttl_s: float | None = None
+                            ) -> int | None:
+        return await self._wrote(await self.kv.put_if_absent(key, value, ttl_s))
+
+    async def compare_and_set(self, key: str, value: bytes, revision: int,
+                              ttl_s: float | None = None) -> int | None:
+        return await self._wrote(await self.kv.compare_and_set(key, value, revision, ttl_s))
+
+    async def delete(self, key: str, revision: int | None = None) -> bool:
+        return await self.kv.delete(key, revision)
+
+    async def scan(self, prefix: str) -> list[KvEntry]:
+        return await self.kv.scan(prefix)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+async def test_a_flush_cancelled_after_its_write_committed_counts_nothing_twice(n: int) -> None:
+    clock = ManualClock(1_700_000_000.0)
+    broker = MemoryBroker(clock=clock)
+    rules, c = counted(SLO(latency=None, success=0.99), clock)
+    for _ in range(100):
+        rules(OK, 1)
+    with pytest.raises(asyncio.CancelledError):
+        await step(CommittedThenCancelled(broker.kv, n), "shop", "charge", c)
+    for _ in range(10):
+        rules(FAILED, 1)
+    await flush(broker.kv, "shop", "charge", c)  # the final flush of Runtime.stop
+    (seen,) = await read_slos(broker, now=clock.time())
+    (success,) = seen.objectives
+    assert success.window == Tally(good=100, bad=10)  # the hour records
+    assert dict(success.burn_rates)["5m"] == pytest.approx(10 / 110 / 0.01)  # the minute ones
+
+
+async def test_a_slash_in_a_name_neither_hides_a_function_nor_mixes_two() -> None:
+    clock = ManualClock(1_700_000_000.0)
+    broker = MemoryBroker(clock=clock)
+    names = [("a/b", "c"), ("a", "b/c"), ("a", "b%2Fc")]
+    for good, (app, function) in enumerate(names, 1):
+        rules, c = counted(SLO(latency=None), clock)
+        for _ in range(good):
+            rules(OK, 1)
+        await step(broker.kv, app, function, c)
+    seen = await read_slos(broker, now=clock.time())
+    assert [(f.app, f.function, f.objectives[0].window.good) for f in seen] == [
+        ("a", "b%2Fc", 3), ("a", "b/c", 2), ("a/b", "c", 1)]
+    assert [f.function for f in await read_slos(broker, "a/b", now=clock.time())] == ["c"]
+
+
+async def test_a_months_records_stay_bounded_per_node_and_add_up() -> None:
+    """Three nodes flushing every hour for 30 days, then one restarted: a scan of the function
+    reads each node's live minute and day records only, and their sum is every event."""
+    clock = ManualClock(1_700_000_000.0 - 1_700_000_000.0 % DAY_S)
+    broker = MemoryBroker(clock=clock)
+    nodes = [counted(SLO(latency=None, success=0.99), clock) for _ in range(3)]
+    for _ in range(30 * 24):
+        for rules, c in nodes:
+            rules(OK, 1)
+            await flush(broker.kv, "shop", "charge", c)
+        clock.advance(HOUR_S)
+    assert all(len(c.records) <= 2 for _, c in nodes)  # the current hour's and day's only
+    rules, c = nodes[0] = counted(SLO(latency=None, success=0.99), clock)  # a restart
+    rules(OK, 1)
+    await flush(broker.kv, "shop", "charge", c)
+    records = await broker.kv.scan(keys.slo_counts("shop", "charge"))
+    # per node: 31 day records (the 28 d window, a day more, today), 9 minute ones (8 h)
+    assert len(records) <= 3 * (31 + 9) + 2, len(records)
+    (seen,) = await read_slos(broker, now=clock.time())
+    assert seen.objectives[0].window == Tally(good=3 * 28 * 24 + 1, bad=0)

@@ -87,17 +87,20 @@ class Producer:
         are CloudEvents extension attributes (names of lowercase letters and digits), which topic
         filters can match. With tracing on, the event gets a ``create`` span of its own as its
         creation context (a child of ``traceparent``, or of the current span)."""
-        build = self._created if tracing.ON else self._event
-        return build(queue, data, type=type, subject=subject, key=key, id=id,
-                     correlationid=correlationid, idempotencykey=idempotencykey,
-                     traceparent=traceparent, tracestate=tracestate,
-                     datacontenttype=datacontenttype, attributes=attributes)
+        fields = self._fields(queue, data, type, subject, key, id, correlationid, idempotencykey,
+                              traceparent, datacontenttype, attributes)
+        if tracing.ON:
+            self._created(queue, fields, tracestate)
+        elif tracestate:
+            _carry(fields, tracestate)
+        return Event(**fields)
 
-    def _event(self, queue: str, data: Any, *, type: str | None = None, subject: str | None = None,
-               key: str | None = None, id: str | None = None, correlationid: str | None = None,
-               idempotencykey: str | None = None, traceparent: str | None = None,
-               datacontenttype: str | None = None, attributes: Mapping[str, Any] | None = None,
-               tracestate: str | None = None) -> Event[Any]:
+    def _fields(self, queue: str, data: Any, type: str | None = None, subject: str | None = None,
+                key: str | None = None, id: str | None = None, correlationid: str | None = None,
+                idempotencykey: str | None = None, traceparent: str | None = None,
+                datacontenttype: str | None = None, attributes: Mapping[str, Any] | None = None
+                ) -> dict[str, Any]:
+        """An event's attributes (``event``'s, called by position: it is per event)."""
         fields: dict[str, Any] = {
             "type": type or f"swell.{queue}", "source": self.source, "subject": subject,
             "time": datetime.fromtimestamp(self.clock.time(), UTC), "data": data, "key": key,
@@ -108,21 +111,19 @@ class Producer:
             fields["id"] = id
         if attributes:
             fields["extensions"] = _extensions(attributes)
-        if tracestate:
-            fields["extensions"] = {**fields.get("extensions", {}), "tracestate": tracestate}
-        return Event(**fields)
+        return fields
 
-    def _created(self, queue: str, data: Any, *, id: str | None = None,
-                 traceparent: str | None = None, tracestate: str | None = None,
-                 correlationid: str | None = None, **attrs: Any) -> Event[Any]:
-        """``event`` with a ``create`` span, ended at once: the creation context of one event of a
-        batch (the batch's store is not part of it)."""
-        event_id = id or new_id()
-        with tracing.producer_span("create", queue, parent=traceparent, parent_state=tracestate,
-                                   message_id=event_id, correlation_id=correlationid) as span:
-            traceparent, tracestate = tracing.traceparent_of(span)
-        return self._event(queue, data, id=event_id, traceparent=traceparent,
-                           correlationid=correlationid, tracestate=tracestate, **attrs)
+    @staticmethod
+    def _created(queue: str, fields: dict[str, Any], tracestate: str | None) -> None:
+        """Give an event's ``fields`` a ``create`` span of its own, ended at once: the creation
+        context of one event of a batch (the batch's store is no part of it)."""
+        fields["id"] = event_id = fields.get("id") or new_id()
+        with tracing.producer_span("create", queue, parent=fields["traceparent"],
+                                   parent_state=tracestate, message_id=event_id,
+                                   correlation_id=fields["correlationid"]) as span:
+            fields["traceparent"], tracestate = tracing.traceparent_of(span)
+        if tracestate:
+            _carry(fields, tracestate)
 
     # -- where a name goes ---------------------------------------------------------------------
     def _known(self, target: Target) -> tuple[str, Kind | None]:
@@ -228,16 +229,19 @@ class Producer:
         is a ``send`` span, the event's creation context (a child of ``traceparent``, or of the
         current span)."""
         dedup = attrs.get("id") is not None
-        if not tracing.ON:
-            event = self._event(target_name(target), data, subject=subject, key=key,
-                                attributes=attributes, **attrs)
-            return await self._put_one(target, event, delay_s, dedup)
         name = target_name(target)
+        if not tracing.ON:
+            event = self.event(name, data, subject=subject, key=key, attributes=attributes, **attrs)
+            return await self._put_one(target, event, delay_s, dedup)
         with tracing.producer_span("send", name, parent=attrs.pop("traceparent", None),
+                                   parent_state=attrs.pop("tracestate", None),
                                    correlation_id=attrs.get("correlationid")) as span:
-            attrs["traceparent"], attrs["tracestate"] = tracing.traceparent_of(span)
-            event = self._event(name, data, subject=subject, key=key, attributes=attributes,
-                                **attrs)
+            fields = self._fields(name, data, subject=subject, key=key, attributes=attributes,
+                                  **attrs)  # (no create span: this send is the creation context)
+            fields["traceparent"], tracestate = tracing.traceparent_of(span)
+            if tracestate:
+                _carry(fields, tracestate)
+            event = Event(**fields)
             span.set_attribute("messaging.message.id", event.id)
             return await self._put_one(target, event, delay_s, dedup)
 
@@ -260,6 +264,11 @@ class Producer:
 def _listing(names: Sequence[str]) -> str:
     shown = ", ".join(n if len(n) <= 40 else f"{n[:40]}..." for n in names[:_LISTED])
     return shown + (f" and {len(names) - _LISTED:,} more" if len(names) > _LISTED else "")
+
+
+def _carry(fields: dict[str, Any], tracestate: str) -> None:
+    """The W3C ``tracestate`` travels as an extension attribute beside ``traceparent``."""
+    fields["extensions"] = {**fields.get("extensions", {}), "tracestate": tracestate}
 
 
 def _extensions(attributes: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,8 +32,8 @@ __all__ = ["GIB", "OPS_PER_EVENT", "Budget", "BudgetCap", "Cost", "Prices", "per
 
 GIB = 1024**3
 OPS_PER_EVENT = 2
-"""Broker operations an event costs at the least: its receive, and the ack (or release) that
-settles it; the budget's projection counts this many per event finished."""
+"""Broker operations an event costs at the least: its receive, and the ack (or dead letter) that
+settles it. The budget's projection counts what the function's events measured, never fewer."""
 
 Budget = float | int | str
 """A spend per hour: a number of dollars per hour, or ``"$2/h"``, ``"2/h"``, ``"$50/d"``."""
@@ -80,11 +80,13 @@ class Prices:
             return self.gb_second * (memory or self.memory) / GIB
         return self.inline_unit_second
 
-    @property
-    def per_event(self) -> float:
-        """Dollars an event finished costs besides its units: its invocation and its least
-        broker operations (``OPS_PER_EVENT``)."""
-        return self.invocation + OPS_PER_EVENT * self.broker_operation
+    def per_event(self, invocations: float = 1.0, operations: float = OPS_PER_EVENT) -> float:
+        """Dollars an event finished costs besides its units, at ``invocations`` and broker
+        ``operations`` an event (a retry is one more invocation, a release and a receive; each
+        event a handler sends on one more operation): never below one invocation and
+        ``OPS_PER_EVENT`` operations, what any event costs."""
+        return (max(1.0, invocations) * self.invocation
+                + max(float(OPS_PER_EVENT), operations) * self.broker_operation)
 
 
 def prices_from(table: Mapping[str, Any], where: str = "[tool.swell.cost]") -> Prices:
@@ -153,11 +155,17 @@ def dollars(prices: Prices, unit_price_s: float, unit_s: float, invocations: int
 class BudgetCap:
     """A function's budget as a bound on its units (``Auto``'s ``cap``). The projected spend per
     hour at ``n`` units is ``n x unit price x 3600 + completion rate at n units x per-event price
-    x 3600`` (an event's invocation and broker operations). More units finish more events, so
-    the completion rate at ``n`` units is what one unit finishes, times ``n``: the rate now per
-    unit in force, or one event per service time if that is more (the smoothed rate lags a
-    change of units; were the rate taken as it is whatever ``n``, a cap that cut the units
-    would cut the rate, which would lift the cap, and the units would swing)."""
+    x 3600`` (an event's invocations and broker operations, as measured: ``reprice`` in
+    ``swell.runtime.cost``). More units finish more events, so the completion rate at ``n``
+    units is what one unit finishes, times ``n``: the smoothed rate over the units in force, but
+
+    * no fewer than one event per (smoothed) service time, which a unit with work finishes: the
+      rate lags a change of units, and were it taken whatever ``n``, a cap that cut the units
+      would cut the rate, which would lift the cap, and the units would swing;
+    * no more than one per service time of the last tick, as a unit works one event at a time:
+      after a cut the lagging rate is still the old units', and divided by the fewer units now
+      it would dip the cap below where it settles (service times falling, the units going 10, 8,
+      6, 5, 4, then 3 a while before 4 again)."""
 
     per_hour: float
     """The budget, dollars per hour."""
@@ -166,23 +174,27 @@ class BudgetCap:
     per_event: float
     """Dollars per event finished, besides the units."""
 
-    def _per_unit_s(self, completion_rate: float, units_now: int, service_s: float | None) -> float:
+    def _per_unit_s(self, completion_rate: float, units_now: int, service_s: float | None,
+                    latest_s: float | None) -> float:
         """Dollars a unit spends per second: held, and on the events it finishes."""
         events = max(0.0, completion_rate) / max(1, units_now)
+        if latest_s is not None and latest_s > 0:
+            events = min(events, 1.0 / latest_s)
         if service_s is not None and service_s > 0:
             events = max(events, 1.0 / service_s)
         return self.unit_second + events * self.per_event
 
     def spend_per_hour(self, units: int, completion_rate: float, units_now: int,
-                       service_s: float | None = None) -> float:
+                       service_s: float | None = None, latest_s: float | None = None) -> float:
         """The projected spend at ``units``, ``completion_rate`` events/s being finished now by
-        ``units_now`` units, each event taking ``service_s``."""
-        return 3600.0 * units * self._per_unit_s(completion_rate, units_now, service_s)
+        ``units_now`` units, each event taking ``service_s`` (smoothed), ``latest_s`` of late."""
+        return 3600.0 * units * self._per_unit_s(completion_rate, units_now, service_s, latest_s)
 
-    def units(self, completion_rate: float, units_now: int, service_s: float | None = None) -> int:
+    def units(self, completion_rate: float, units_now: int, service_s: float | None = None,
+              latest_s: float | None = None) -> int:
         """The most units whose projected spend stays within the budget; never fewer than one (a
         budget slows a function down, it does not stop it)."""
-        per_unit = self._per_unit_s(completion_rate, units_now, service_s)
+        per_unit = self._per_unit_s(completion_rate, units_now, service_s, latest_s)
         if per_unit <= 0:
             return 2**31 - 1
         return max(1, min(2**31 - 1, math.floor(self.per_hour / 3600.0 / per_unit + 1e-9)))

@@ -29,12 +29,14 @@ key                                                what it holds
 ``swell/source-state/<app>/<source>/ahead``        a pg_changes batch read, before it is stored
 ``swell/source-state/<app>/<source>/slots/<i>``    an MQTT source's client-id slot, its node's lease
 ``swell/source-state/<app>/<source>/slots``        the number of MQTT client-id slots ever used
-``swell/slo/<app>/<function>/m/<hour>``            a function's SLO counts per minute of an hour
-``swell/slo/<app>/<function>/h/<day>``             its SLO counts per hour of a day, its SLO (TTL)
+``swell/slo/<app>/<function>/m/<hour>/<writer>``   one node's SLO counts per minute of an hour
+``swell/slo/<app>/<function>/h/<day>/<writer>``    per hour of a day, and the SLO (TTL)
 =================================================  ============================================
 """
 
 from __future__ import annotations
+
+from urllib.parse import unquote
 
 __all__ = [
     "FILES",
@@ -65,8 +67,8 @@ __all__ = [
     "sagas",
     "schedule",
     "slo_counts",
-    "slo_hours",
-    "slo_minutes",
+    "slo_fields",
+    "slo_record",
     "source_seen",
     "source_state",
     "source_status",
@@ -181,17 +183,28 @@ def files(app: str, source: str) -> str:
 
 
 def slo_counts(app: str | None = None, function: str | None = None) -> str:
-    """The prefix of one function's SLO counts, of an app's, or of every app's."""
+    """The prefix of one function's SLO counts, of an app's, or of every app's. Names are
+    escaped (``%`` and ``/``), so a ``/`` in one never shifts the segments after it."""
     if app is None:
         return SLOS
-    return f"{SLOS}{app}/" if function is None else f"{SLOS}{app}/{function}/"
+    return f"{SLOS}{_part(app)}/" + ("" if function is None else f"{_part(function)}/")
 
 
-def slo_minutes(app: str, function: str, hour: int) -> str:
-    """A function's SLO counts per minute of the hour that starts at epoch second ``hour``."""
-    return f"{SLOS}{app}/{function}/m/{hour}"
+def slo_record(app: str, function: str, level: str, start: int, writer: str) -> str:
+    """One writer's (a node's) SLO counts of a function: per minute of the hour (``level`` ``m``)
+    or per hour of the day (``h``) that starts at epoch second ``start``."""
+    return f"{slo_counts(app, function)}{level}/{start}/{_part(writer)}"
 
 
-def slo_hours(app: str, function: str, day: int) -> str:
-    """A function's SLO counts per hour of the day that starts at epoch second ``day``."""
-    return f"{SLOS}{app}/{function}/h/{day}"
+def slo_fields(key: str) -> tuple[str, str, str, str, str] | None:
+    """``slo_record``'s app, function, level, start and writer back from its key (``None``: not
+    one of its keys)."""
+    parts = key[len(SLOS):].split("/") if key.startswith(SLOS) else []
+    if len(parts) != 5:
+        return None
+    app, function, level, start, writer = (unquote(p) for p in parts)
+    return app, function, level, start, writer
+
+
+def _part(name: str) -> str:
+    return name.replace("%", "%25").replace("/", "%2F")

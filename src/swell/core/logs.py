@@ -8,6 +8,7 @@ correlation id and trace id in ``swell run --log-format json``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
@@ -16,12 +17,15 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from swell.core.codec import encode_json
+from swell.core.event import Event
 
 __all__ = ["ATTEMPT", "FORMATS", "TEXT_FORMAT", "JsonFormatter", "configure"]
 
-ATTEMPT: ContextVar[tuple[str, str, int, str | None, str | None] | None] = ContextVar(
-    "swell_attempt", default=None)
-"""The attempt being run here: (function, event id, attempt, correlation id, traceparent)."""
+ATTEMPT: ContextVar[tuple[str, int, Event[Any]] | None] = ContextVar("swell_attempt", default=None)
+"""The attempt being run here, or settled: (function, attempt, event). Set only while ``NAMED``."""
+NAMED = False
+"""Whether the runtime names attempts in ``ATTEMPT``: once a ``JsonFormatter`` exists (text logs
+have no use for it, and it is per event)."""
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -44,6 +48,11 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the attempt's fields (when the
     line is about one), ``exception`` with its traceback, and any ``extra`` given."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        global NAMED
+        NAMED = True
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -51,10 +60,10 @@ class JsonFormatter(logging.Formatter):
         }
         attempt = ATTEMPT.get()
         if attempt is not None:
-            function, event_id, n, correlation, traceparent = attempt
-            out.update(function=function, event_id=event_id, attempt=n,
-                       correlation_id=correlation or event_id)
-            trace_id = _trace_id(traceparent)
+            function, n, event = attempt
+            out.update(function=function, event_id=event.id, attempt=n,
+                       correlation_id=event.correlationid or event.id)
+            trace_id = _trace_id(event.traceparent)
             if trace_id is not None:
                 out["trace_id"] = trace_id
         for name, value in record.__dict__.items():
@@ -64,7 +73,12 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         elif record.exc_text:
             out["exception"] = record.exc_text
-        return encode_json(out).decode()
+        if record.stack_info:
+            out["stack"] = record.stack_info
+        try:
+            return encode_json(out).decode()
+        except UnicodeEncodeError:  # a lone surrogate (a file name decoded with surrogateescape)
+            return json.dumps(out, default=repr)  # (\u escapes: the line is never lost)
 
 
 def configure(level: str, format: Literal["text", "json"] = "text") -> None:

@@ -32,11 +32,25 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from opentelemetry.context import Context as OtelContext
     from opentelemetry.trace import Span, SpanContext, Tracer, TracerProvider
 
-__all__ = ["ON", "TraceFields", "detect", "process_span", "producer_span", "receive_span",
-           "settle_span", "step_span", "traceparent_of", "use"]
+__all__ = [
+    "ON",
+    "ProcessSpan",
+    "TraceFields",
+    "detect",
+    "failed",
+    "incoming",
+    "producer_span",
+    "receive_span",
+    "settle_span",
+    "step_span",
+    "traceparent_of",
+    "use",
+]
 
 ON = False
 """Whether spans are made (read per event: keep it a plain module attribute)."""
@@ -78,8 +92,42 @@ def use(provider: TracerProvider | None) -> None:
         own = version("swell")
     except PackageNotFoundError:  # pragma: no cover - run from a source tree
         own = None
+    _bind()
     _tracer = provider.get_tracer("swell", own)
     ON = True
+
+
+class _Api:
+    """The OpenTelemetry names used per event, imported once (``use``), not at each call."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace import (
+            Link,
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            Status,
+            StatusCode,
+            TraceFlags,
+            TraceState,
+        )
+
+        self.Context = context.Context
+        self.attach, self.detach = context.attach, context.detach
+        self.set_span_in_context = trace.set_span_in_context
+        self.Link, self.NonRecordingSpan, self.SpanContext = Link, NonRecordingSpan, SpanContext
+        self.SpanKind, self.Status, self.StatusCode = SpanKind, Status, StatusCode
+        self.TraceFlags, self.TraceState = TraceFlags, TraceState
+
+
+_api: _Api
+
+
+def _bind() -> None:
+    global _api
+    if "_api" not in globals():
+        _api = _Api()
 
 
 def detect() -> bool:
@@ -99,7 +147,17 @@ def detect() -> bool:
 
 
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
-_TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
+# W3C Trace Context: list members key=value, at most 32 (checked here, so that a bad one from an
+# event or a request is dropped quietly rather than logged by OpenTelemetry at every use)
+_MEMBER = re.compile(r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
+                     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+
+
+def valid_tracestate(value: str) -> bool:
+    """Whether ``value`` is a well-formed W3C ``tracestate`` (1-32 list members)."""
+    members = [m.strip(" \t") for m in value.split(",")]
+    members = [m for m in members if m]
+    return 0 < len(members) <= 32 and all(_MEMBER.fullmatch(m) for m in members)
 
 
 def incoming(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -110,31 +168,27 @@ def incoming(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
     if not _TRACEPARENT.fullmatch(parent):
         return None, None
     state = headers.get("tracestate", "").strip()
-    return parent, state if state and _TRACESTATE.fullmatch(state) else None
+    return parent, state if state and len(state) <= 8192 and valid_tracestate(state) else None
 
 
 # -- context in and out of events ----------------------------------------------------------------
-def _context(traceparent: str | None, tracestate: str | None = None) -> OtelContext | None:
-    """The OpenTelemetry context an event's ``traceparent`` names (``None``: none, or not valid)."""
-    if not traceparent:
+def _parent(traceparent: str | None, tracestate: str | None = None) -> SpanContext | None:
+    """The span an event's ``traceparent`` names (``None``: none, or not well formed: an event
+    from another writer never fails its attempt over it)."""
+    if not traceparent or len(traceparent) != 55 or not _TRACEPARENT.fullmatch(traceparent):
         return None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    carrier = {"traceparent": traceparent}
-    if tracestate:
-        carrier["tracestate"] = tracestate
-    ctx = TraceContextTextMapPropagator().extract(carrier)
-    from opentelemetry import trace
-
-    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+    state = None
+    if tracestate and valid_tracestate(tracestate):
+        state = _api.TraceState.from_header([tracestate])
+    return _api.SpanContext(int(traceparent[3:35], 16), int(traceparent[36:52], 16), True,
+                            _api.TraceFlags(int(traceparent[53:55], 16)), state)
 
 
-def _span_context(ctx: OtelContext | None) -> SpanContext | None:
-    if ctx is None:
-        return None
-    from opentelemetry import trace
-
-    return trace.get_current_span(ctx).get_span_context()
+def _context(sc: SpanContext | None) -> OtelContext:
+    """A context whose current span is ``sc`` (none: a new trace)."""
+    if sc is None:
+        return _api.Context()
+    return _api.set_span_in_context(_api.NonRecordingSpan(sc), _api.Context())
 
 
 def traceparent_of(span: Span) -> tuple[str, str | None]:
@@ -157,56 +211,75 @@ def producer_span(operation: str, destination: str, *, parent: str | None = None
                   correlation_id: str | None = None) -> Iterator[Span]:
     """A PRODUCER span (``send``, or ``create`` for one event of a batch): the event's creation
     context. Its parent is ``parent`` (a ``traceparent``: the handler's process span, an HTTP
-    request's) when given, else the current span."""
-    from opentelemetry.trace import SpanKind
-
+    request's) when given and well formed, else the current span."""
     assert _tracer is not None
     attrs = _base(operation, "send" if operation == "send" else "create", destination)
     if message_id:
         attrs["messaging.message.id"] = message_id
     if correlation_id:
         attrs["messaging.message.conversation_id"] = correlation_id
-    with _tracer.start_as_current_span(f"{operation} {destination}", context=_context(
-            parent, parent_state), kind=SpanKind.PRODUCER, attributes=attrs) as span:
+    sc = _parent(parent, parent_state)
+    with _tracer.start_as_current_span(
+            f"{operation} {destination}", context=None if sc is None else _context(sc),
+            kind=_api.SpanKind.PRODUCER, attributes=attrs) as span:
         yield span
 
 
 def receive_span(destination: str, bodies: Sequence[bytes], started_ns: int,
                  function: str | None = None) -> None:
     """A CLIENT span for one lease of ``bodies`` (begun at ``started_ns``), linked to each
-    event's creation context."""
-    from opentelemetry.trace import Link, SpanKind
-
+    event's creation context; a trace of its own (a receive is no part of what ran before)."""
     assert _tracer is not None
     links = []
     for body in bodies:
         f = fields_of(body)
-        sc = _span_context(_context(f.traceparent, f.tracestate))
+        sc = _parent(f.traceparent, f.tracestate)
         if sc is not None:
-            links.append(Link(sc, {"messaging.message.id": f.id}))
+            links.append(_api.Link(sc, {"messaging.message.id": f.id}))
     attrs = _base("receive", "receive", destination)
     attrs["messaging.batch.message_count"] = len(bodies)
     if function:
         attrs["messaging.consumer.group.name"] = function
-    span = _tracer.start_span(f"receive {destination}", context=_root(), kind=SpanKind.CLIENT,
-                              attributes=attrs, links=links, start_time=started_ns)
-    span.end()
+    _tracer.start_span(f"receive {destination}", context=_api.Context(),
+                       kind=_api.SpanKind.CLIENT, attributes=attrs, links=links,
+                       start_time=started_ns).end()
 
 
-def _root() -> OtelContext:
-    """A context with no span in it: a receive is no part of whatever ran before it."""
-    from opentelemetry.context import Context
+class ProcessSpan:
+    """The CONSUMER span of one attempt at the event in ``body``, current while it runs: a child
+    of the event's creation context, and linked to it (retries are each a span, all linked to the
+    one creation). ``outcome`` records how the attempt ended."""
 
-    return Context()
+    __slots__ = ("span", "token")
 
+    def __init__(self, destination: str, body: bytes, *, attempt: int, group: str,
+                 partition: int | None = None, subscription: str | None = None) -> None:
+        assert _tracer is not None
+        f = fields_of(body)
+        sc = _parent(f.traceparent, f.tracestate)
+        attrs = _base("process", "process", destination)
+        attrs["messaging.consumer.group.name"] = group
+        attrs["messaging.message.delivery_count"] = attempt
+        if f.id:  # (an event with no correlation id starts its own conversation: its id)
+            attrs["messaging.message.id"] = f.id
+            attrs["messaging.message.conversation_id"] = f.correlationid or f.id
+        if partition is not None:
+            attrs["messaging.destination.partition.id"] = str(partition)
+        if subscription is not None:
+            attrs["messaging.destination.subscription.name"] = subscription
+        self.span = _tracer.start_span(
+            f"process {destination}", context=_context(sc), kind=_api.SpanKind.CONSUMER,
+            attributes=attrs, links=() if sc is None else (_api.Link(sc),))
+        self.token: Token[OtelContext] | None = None
 
-class Attempt:
-    """The process span of one attempt, as it goes: ``outcome`` records how it ended."""
+    def __enter__(self) -> ProcessSpan:
+        self.token = _api.attach(_api.set_span_in_context(self.span))
+        return self
 
-    __slots__ = ("span",)
-
-    def __init__(self, span: Span) -> None:
-        self.span = span
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _api.detach(self.token)
+        self.span.end()
 
     @property
     def traceparent(self) -> str:
@@ -215,12 +288,8 @@ class Attempt:
 
     def outcome(self, kind: str, error: str | None) -> None:
         """How the attempt ended: a failure sets ``error.type`` and the span's error status."""
-        if kind in ("ok", "duplicate"):
-            return
-        from opentelemetry.trace import Status, StatusCode
-
-        self.span.set_attribute("error.type", error_type(kind, error))
-        self.span.set_status(Status(StatusCode.ERROR, error or kind))
+        if kind not in ("ok", "duplicate"):
+            failed(self.span, error_type(kind, error), error or kind)
 
 
 def error_type(kind: str, error: str | None) -> str:
@@ -233,43 +302,12 @@ def error_type(kind: str, error: str | None) -> str:
     return kind
 
 
-@contextmanager
-def process_span(destination: str, body: bytes, *, attempt: int, group: str,
-                 partition: int | None = None, subscription: str | None = None
-                 ) -> Iterator[Attempt]:
-    """The CONSUMER span of one attempt at the event in ``body``: a child of its creation
-    context, and linked to it (retries are each a span, all linked to the one creation)."""
-    from opentelemetry.trace import Link, SpanKind
-
-    assert _tracer is not None
-    f = fields_of(body)
-    parent = _context(f.traceparent, f.tracestate)
-    sc = _span_context(parent)
-    attrs = _base("process", "process", destination)
-    attrs["messaging.consumer.group.name"] = group
-    attrs["messaging.message.delivery_count"] = attempt
-    if f.id:  # (an event with no correlation id starts its own conversation: its id)
-        attrs["messaging.message.id"] = f.id
-        attrs["messaging.message.conversation_id"] = f.correlationid or f.id
-    if partition is not None:
-        attrs["messaging.destination.partition.id"] = str(partition)
-    if subscription is not None:
-        attrs["messaging.destination.subscription.name"] = subscription
-    with _tracer.start_as_current_span(
-            f"process {destination}", context=parent if parent is not None else _root(),
-            kind=SpanKind.CONSUMER, attributes=attrs, links=[Link(sc)] if sc is not None else (),
-            record_exception=False, set_status_on_exception=False) as span:
-        yield Attempt(span)
-
-
 def settle_span(destination: str, action: str = "settle") -> Span:
     """A CLIENT span for what became of an attempt (``ack``, ``retry``, ``throttle``,
     ``dead_letter``: its ``messaging.operation.name``), a child of the current (process) span;
     the caller ends it once the broker has been told."""
-    from opentelemetry.trace import SpanKind
-
     assert _tracer is not None
-    return _tracer.start_span(f"settle {destination}", kind=SpanKind.CLIENT,
+    return _tracer.start_span(f"settle {destination}", kind=_api.SpanKind.CLIENT,
                               attributes=_base(action, "settle", destination))
 
 
@@ -285,9 +323,7 @@ def step_span(saga: str, saga_id: str, step: str, phase: str, attempt: int) -> I
         yield span
 
 
-def failed(span: Span, error_kind: str, error: str) -> None:
-    """Mark ``span`` failed."""
-    from opentelemetry.trace import Status, StatusCode
-
-    span.set_attribute("error.type", error_kind)
-    span.set_status(Status(StatusCode.ERROR, error))
+def failed(span: Span, error_type: str, error: str) -> None:
+    """Mark ``span`` failed: ``error.type`` and the error status."""
+    span.set_attribute("error.type", error_type)
+    span.set_status(_api.Status(_api.StatusCode.ERROR, error))

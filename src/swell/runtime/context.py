@@ -114,6 +114,8 @@ class ContextBase:
                  attrs: dict[str, Any]) -> Awaitable[str]:
         attrs.setdefault("correlationid", self.event.correlationid or self.event.id)
         attrs.setdefault("traceparent", self.event.traceparent)
+        if "tracestate" in self.event.extensions:  # (the vendors' part of the trace context)
+            attrs.setdefault("tracestate", self.event.extensions["tracestate"])
         return self._backend.publish(target, data, delay_s, attrs)
 
     @property
@@ -232,8 +234,8 @@ class LocalBackend:
 
     def publish(self, target: Target, data: Any, delay_s: float,
                 attrs: dict[str, Any]) -> Coroutine[Any, Any, str]:
-        if self._inv.traceparent is not None:  # tracing: a child of this attempt's span
-            attrs["traceparent"] = self._inv.traceparent
+        if self._inv.traceparent is not None:  # tracing: a child of this attempt's span (whose
+            attrs["traceparent"] = self._inv.traceparent  # tracestate is the event's, as given)
         return self._inv.publisher.publish(target, data, delay_s=delay_s, **attrs)
 
     def extend(self, seconds: float) -> Awaitable[bool]:

@@ -5,7 +5,11 @@ of units changes (inline: the slots it is scaled to; process: its instances, eac
 it is asked for to the moment it is reaped), so nothing is estimated from samples, and the events
 its handlers send (``CountingBackend``). Invocations, receives and settlements are the
 Dispatcher's own counters. ``cost_record`` prices them for the status record and the metrics;
-``budgeted`` gives ``Auto`` its cap from the function's ``budget=``.
+``budgeted`` gives ``Auto`` its cap from the function's ``budget=``, and ``reprice``, every tick,
+the price per event its events measured.
+
+The runtime gives each executor's ``Usage`` its clock: the unit-seconds are on the clock the
+runtime's ticks and sleeps are (a ``ManualClock`` in tests).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,17 +37,18 @@ if TYPE_CHECKING:
     from swell.runtime.state import FunctionState
 
 __all__ = ["RECENT_S", "CountingBackend", "Usage", "budgeted", "cost_record", "declared",
-           "pricing"]
+           "pricing", "reprice"]
 
 RECENT_S = 60.0
-"""The spend per hour is the rate over about this long."""
+"""The spend per hour, and the price per event a budget projects, are measured over about this
+long."""
 
 
 class Usage:
     """Unit-seconds held: ``held(n)`` at every change of the count, ``seconds()`` at any time.
 
     Also the events its handlers sent (``sends``: broker operations) and the recent samples the
-    spend rate is taken from (``recent``)."""
+    spend rate and the price per event are taken from (``recent``)."""
 
     __slots__ = ("_at", "_now", "_samples", "_total", "_units", "sends")
 
@@ -52,7 +58,7 @@ class Usage:
         self._at = now()
         self._units = 0
         self._total = 0.0
-        self._samples: deque[tuple[float, float]] = deque([(self._at, 0.0)])
+        self._samples: deque[tuple[float, tuple[float, ...] | None]] = deque([(self._at, None)])
 
     @property
     def units(self) -> int:
@@ -68,16 +74,19 @@ class Usage:
         """Unit-seconds held so far, the units held now counted up to now."""
         return self._total + self._units * (self._now() - self._at)
 
-    def recent(self, total: float) -> float:
-        """``total`` (a running sum, such as dollars spent) per hour over the last
-        ``RECENT_S`` or so: the samples of earlier calls are what it is measured against."""
+    def recent(self, totals: tuple[float, ...]) -> tuple[float, tuple[float, ...]]:
+        """The seconds of the last ``RECENT_S`` or so, and how much each of ``totals`` (running
+        sums from zero, such as dollars spent, events finished) grew in them: measured against
+        the samples of earlier calls (the first against zero at the start), this call's a sample
+        for later ones. Every call passes the same sums."""
         t = self._now()
         samples = self._samples
-        samples.append((t, total))
+        samples.append((t, totals))
         while len(samples) > 2 and samples[1][0] <= t - RECENT_S:
             samples.popleft()
-        t0, total0 = samples[0]
-        return 0.0 if t <= t0 else (total - total0) * 3600.0 / (t - t0)
+        t0, before = samples[0]
+        grown = tuple(v - b for v, b in zip(totals, before or (0.0,) * len(totals), strict=True))
+        return t - t0, grown
 
 
 class CountingBackend(LocalBackend):
@@ -137,18 +146,41 @@ def budgeted(fn: Function, controller: Controller, prices: Prices | None = None)
     if fn.budget_per_h is not None and isinstance(controller, Auto):
         prices = prices or pricing()
         controller.cap = BudgetCap(fn.budget_per_h, prices.unit_second(fn.mode, fn.memory),
-                                   prices.per_event)
+                                   prices.per_event())
     return controller
+
+
+def reprice(st: FunctionState, prices: Prices | None = None) -> None:
+    """A budgeted function's cap, priced per event at the invocations and broker operations its
+    events took over the recent window: a handler that sends three events on costs five
+    operations an event, a retry another invocation, release and receive (``Prices.per_event``
+    keeps it above what any event costs). While no event finished in the window, the last price
+    stands. The runtime calls it before each decision."""
+    controller = st.controller
+    if not isinstance(controller, Auto) or controller.cap is None:
+        return
+    prices = prices or pricing()
+    _, (_, invocations, operations, events) = _measured(st, prices)
+    if events > 0:
+        controller.cap = replace(controller.cap, per_event=prices.per_event(
+            invocations / events, operations / events))
 
 
 def cost_record(st: FunctionState, prices: Prices | None = None) -> Cost:
     """What ``st``'s function ran on this node so far, priced."""
+    return _measured(st, prices or pricing())[0]
+
+
+def _measured(st: FunctionState, prices: Prices) -> tuple[Cost, tuple[float, ...]]:
+    """What ``st``'s function ran so far, priced, and how much of it (dollars, invocations,
+    broker operations, events finished) over the recent window."""
     fn, m = st.fn, st.dispatcher.metrics
     usage: Usage = st.dispatcher.executor.usage
-    prices = prices or pricing()
     unit_s = usage.seconds()
     ops = m.received + m.succeeded + m.dead_lettered + m.retried + m.throttles + usage.sends
     spent = dollars(prices, prices.unit_second(fn.mode, fn.memory), unit_s, m.attempts, ops)
+    span, grown = usage.recent((spent, m.attempts, ops, m.finished))
     return Cost(workload=fn.workload or fn.name, mode=fn.mode, unit_s=unit_s,
                 invocations=m.attempts, operations=ops, events=m.finished, dollars=spent,
-                dollars_per_h=usage.recent(spent), budget_per_h=fn.budget_per_h)
+                dollars_per_h=grown[0] * 3600.0 / span if span > 0 else 0.0,
+                budget_per_h=fn.budget_per_h), grown

@@ -335,6 +335,8 @@ class Dispatcher:
 
     async def _process(self, d: Delivery) -> None:
         self.metrics.received += 1
+        if logs.NAMED:
+            logs.ATTEMPT.set(None)  # (until the executor names this one: not the one before)
         if tracing.ON:
             return await self._traced(d)
         run = self._execute if self._idem is None else self._once
@@ -351,12 +353,11 @@ class Dispatcher:
             await self._settle(d, outcome)
         except Exception:  # its lease is no longer renewed: back in the queue within a timeout
             log.exception("%s: event %s could not be settled", self.fn.name, d.receipt.id)
-        logs.ATTEMPT.set(None)  # (the executor named the attempt for the log lines about it)
 
     async def _traced(self, d: Delivery) -> None:
         """``_process`` in a process span, with a settle span for what became of the attempt."""
         run = self._execute if self._idem is None else self._once
-        with tracing.process_span(self._dest, d.body, attempt=d.receive_count, group=self.fn.name,
+        with tracing.ProcessSpan(self._dest, d.body, attempt=d.receive_count, group=self.fn.name,
                                   subscription=self._sub or None) as attempt:
             try:
                 async with self._gates():
@@ -371,7 +372,6 @@ class Dispatcher:
             except Exception:
                 log.exception("%s: event %s could not be settled", self.fn.name, d.receipt.id)
             span.end()
-        logs.ATTEMPT.set(None)
 
     def _execute(self, d: Delivery, trace: str | None, state: dict[str, Any] | None = None
                  ) -> Coroutine[Any, Any, Outcome]:

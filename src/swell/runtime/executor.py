@@ -21,6 +21,7 @@ import pydantic
 from swell.brokers.base import Delivery
 from swell.brokers.producer import Producer
 from swell.core import logs
+from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.describe import describe, describe_validation
 from swell.core.errors import IdempotencyConflict, PayloadError, SwellError
 from swell.core.event import Event
@@ -175,11 +176,12 @@ class InlineExecutor:
     cold_starts = 0
     on_change: Callable[[], None] | None = None  # inline units are ready at once
 
-    def __init__(self, fn: Function, producer: Producer, max_units: int) -> None:
+    def __init__(self, fn: Function, producer: Producer, max_units: int,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.fn = fn
         self.producer = producer
         self._units = 0
-        self.usage = Usage()  # a unit is held from when it is scaled to until it is scaled away
+        self.usage = Usage(clock.monotonic)  # a unit is held from when it is scaled to until away
         self._threads = None if fn.handler.is_async else ThreadPoolExecutor(
             max_units, thread_name_prefix=f"swell-{fn.name}")
         self._stuck = 0  # threads still running handlers that timed out
@@ -205,10 +207,12 @@ class InlineExecutor:
             deadline=deadline, is_async=handler.is_async)
         bound = bind(self.fn, d.body, make)
         if isinstance(bound, Outcome):
+            if logs.NAMED:
+                logs.ATTEMPT.set(None)  # (no event to name; not the one before it either)
             return bound
         event, kwargs = bound
-        logs.ATTEMPT.set((self.fn.name, event.id, d.receive_count, event.correlationid,
-                          event.traceparent))
+        if logs.NAMED:  # (the lines logged about this attempt, its settling too, name it)
+            logs.ATTEMPT.set((self.fn.name, d.receive_count, event))
         started = loop.time()
         thread = None
         try:

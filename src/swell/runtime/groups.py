@@ -328,6 +328,8 @@ class GroupDispatcher:
                         break
                     async with self._units:
                         await self._handle(part, r)
+                        if logs.NAMED:
+                            logs.ATTEMPT.set(None)  # (lines after it are about the partition)
                     part.position = r.offset + 1
                     part.pending += 1
                     keys[r.key] += 1
@@ -399,12 +401,11 @@ class GroupDispatcher:
             await self.clock.sleep(action.delay_s)
 
     def _settle(self, part: Partition, d: Delivery, attempt: int, out: Outcome) -> Action:
-        logs.ATTEMPT.set(None)  # (the executor named the attempt for the log lines about it)
         return self._rules(out, attempt, d, owned=out.kind == "ok" or self._holds(part))
 
     async def _traced(self, part: Partition, d: Delivery, attempt: int) -> Action:
         """One attempt in its process span, with a settle span for what became of it."""
-        with tracing.process_span(self.group.stream.name, d.body, attempt=attempt,
+        with tracing.ProcessSpan(self.group.stream.name, d.body, attempt=attempt,
                                   group=self.group.name, partition=part.p) as span:
             out = await self._run(d, span.traceparent)
             span.outcome(out.kind, out.error)

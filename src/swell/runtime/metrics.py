@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,10 +82,17 @@ class SloCounter:
     fast: int = 0
     """Events whose successful attempt ended within the latency objective."""
     slow: int = 0
-    flushed: dict[str, Counts] = field(default_factory=dict)
-    """The counts already added to the broker's records, per level (minutes, hours)."""
-    spec_day: int = -1
-    """The day whose record was last given the SLO."""
+    writer: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """The name of this counter's own records in the broker: each writes only its own, with its
+    running totals, so a write repeated (or committed, then cancelled) never counts twice; a
+    restarted node is a new writer, and its old records keep their counts."""
+    placed: Counts = (0, 0, 0, 0)
+    """The counts already placed in ``records``."""
+    records: dict[tuple[str, int], dict[int, list[int]]] = field(default_factory=dict)
+    """This writer's totals per record (level ``m`` or ``h``, its start) and slot (its minute
+    or hour): the current ones, and older ones not yet written."""
+    unwritten: set[tuple[str, int]] = field(default_factory=set)
+    """The records changed since the broker last took them."""
     due_at: float = -math.inf
     """When (clock time) the next flush is due."""
     report: tuple[ObjectiveReport, ...] = ()

@@ -37,7 +37,7 @@ from swell.runtime.cluster import (
     node_id,
     share,
 )
-from swell.runtime.cost import budgeted, cost_record
+from swell.runtime.cost import budgeted, cost_record, pricing, reprice
 from swell.runtime.dispatcher import Dispatcher
 from swell.runtime.executor import Executor, InlineExecutor
 from swell.runtime.groups import GroupDispatcher
@@ -101,8 +101,9 @@ class Runtime:
         if fn.mode == "process":
             from swell.runtime.process import ProcessExecutor
 
-            return ProcessExecutor(fn, self.producer, controller.max_units, fn.min_instances)
-        return InlineExecutor(fn, self.producer, controller.max_units)
+            return ProcessExecutor(fn, self.producer, controller.max_units, fn.min_instances,
+                                   self.clock)
+        return InlineExecutor(fn, self.producer, controller.max_units, self.clock)
 
     def _dispatcher(self, fn: Function, controller: Controller) -> Dispatcher | GroupDispatcher:
         if fn.group is not None:
@@ -118,6 +119,7 @@ class Runtime:
                           self._executor(fn, controller), bucket=bucket, shared=shared)
 
     async def start(self) -> None:
+        pricing()  # a bad [tool.swell.cost] stops the start here, before anything runs
         await self.declare()
         await self.sources.prepare()
         bind(self.app, self.producer)  # app.publish goes through this runtime now
@@ -218,6 +220,7 @@ class Runtime:
         """One function's turn of the tick; its status record if one is to be written."""
         s = st.sampler.observe(st.view.merge(own, {n: p.obs for n, p in peers.items()}))
         st.history.append(s)
+        reprice(st)  # (a budget's projection: at what its events cost of late)
         st.decision = st.controller.decide(s)
         await self._apply(st, peers)
         reading = None if isinstance(st.dispatcher, GroupDispatcher) else _reading(st, s, own)

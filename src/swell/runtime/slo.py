@@ -2,18 +2,25 @@
 back as burn rates, error budget left and alerts (the arithmetic is ``swell.core.slo``'s).
 
 Each node counts its functions' finished events (``settle`` into ``metrics.SloCounter``) and,
-every ``FLUSH_S`` of its tick, adds what it counted since its last flush to two kv records per
-function with compare-and-set, so any number of nodes add up (see ``swell.core.keys``):
+every ``FLUSH_S`` of its tick, writes them to kv records of its own (its counter's ``writer``;
+see ``swell.core.keys``), two per function at a time:
 
-- ``.../m/<hour>``: counts per minute of one hour, kept ``MINUTES_TTL_S`` (over the 6 h window,
-  the longest read at minute resolution);
-- ``.../h/<day>``: counts per hour of one day, and the SLO itself (so ``swell slo`` needs only the
-  broker), kept for the SLO's window (or the 3 d alert window, if longer) and a day more.
+- ``.../m/<hour>/<writer>``: its counts per minute of one hour, kept ``MINUTES_TTL_S`` (over the
+  6 h window, the longest read at minute resolution);
+- ``.../h/<day>/<writer>``: its counts per hour of one day, and the SLO itself (so ``swell slo``
+  needs only the broker), kept for the SLO's window (or the 3 d alert window, if longer) and a
+  day more.
 
-A count reaches a record at most once: the two levels are flushed (and remembered as flushed)
-apart, and a failed flush is tried again at the next one. Then the node reads one scan of the
-function's records and assesses each objective; on the function's leader a new alert is logged
-as a WARNING and one that cleared as INFO (once per cluster, not once per node).
+A write puts the writer's totals of the record whole, never adds to what is there: no two nodes
+contend for a record, and a write repeated (after a failure, or a cancellation that came after
+the broker committed it) cannot count anything twice. Readers sum over writers. Then the node
+reads one scan of the function's records and assesses each objective; on the function's leader
+a new alert is logged as a WARNING and one that cleared as INFO (once per cluster, not once per
+node).
+
+Records per function: each writer keeps about 9 minute records live (8 h TTL) and one day record
+per day of the window and a day more (31 for 28 d): a scan reads about 40 per node, and a node
+restarted is a new writer whose old records stay until they expire.
 """
 
 from __future__ import annotations
@@ -58,7 +65,6 @@ FLUSH_S = 10.0
 MINUTE_WINDOW_S = 6 * HOUR_S
 """The longest window read at minute resolution; longer ones are read by the hour."""
 MINUTES_TTL_S = MINUTE_WINDOW_S + 2 * HOUR_S
-CAS_TRIES = 8
 
 
 class _Spec(msgspec.Struct, frozen=True):
@@ -147,60 +153,47 @@ def _order(firing: tuple[str, Alert]) -> tuple[str, float]:
 
 
 async def flush(kv: KV, app: str, function: str, c: SloCounter) -> None:
-    """Add what ``c`` counted since its last flush to the function's minute and hour records
-    (the hour record at least once a day even with nothing new: it keeps the SLO)."""
+    """Place what ``c`` counted since the last flush in its current records, then write each
+    record it changed, whole: a put of this writer's totals, never an increment, so a write
+    repeated after a failure or a cancellation (committed or not) counts nothing twice. The day's
+    record is written at least once a day even with nothing new: it keeps the SLO."""
     now = c.clock.time()
-    counts = c.counts()
     hour = int(now // HOUR_S * HOUR_S)
     day = int(now // DAY_S * DAY_S)
-    minutes = _delta(counts, c.flushed.get("m"))
-    if any(minutes):
-        key = keys.slo_minutes(app, function, hour)
-        if await _add(kv, key, int((now - hour) // MINUTE_S), minutes, MINUTES_TTL_S):
-            c.flushed["m"] = counts
-    hours = _delta(counts, c.flushed.get("h"))
-    if any(hours) or c.spec_day != day:
-        key = keys.slo_hours(app, function, day)
-        if await _add(kv, key, int((now - day) // HOUR_S), hours, _hours_ttl_s(c.slo),
-                      _spec(c.slo)):
-            c.flushed["h"] = counts
-            c.spec_day = day
-
-
-def _delta(counts: Counts, flushed: Counts | None) -> Counts:
-    if flushed is None:
-        return counts
-    a, b, x, y = (n - f for n, f in zip(counts, flushed, strict=True))
-    return a, b, x, y
-
-
-async def _add(kv: KV, key: str, slot: int, delta: Counts, ttl_s: float,
-               spec: _Spec | None = None) -> bool:
-    """Add ``delta`` to ``slot`` of the record at ``key`` (compare-and-set, a few tries under
-    contention); whether it was added."""
-    for _ in range(CAS_TRIES):
-        entry = await kv.get(key)
-        record = _record(entry) or _Record()
-        row = [*record.counts.get(slot, ()), 0, 0, 0, 0][:4]
-        record.counts[slot] = [n + d for n, d in zip(row, delta, strict=True)]
-        if spec is not None:
-            record.slo = spec
+    counts = c.counts()
+    delta = [n - p for n, p in zip(counts, c.placed, strict=True)]
+    if ("h", day) not in c.records:
+        c.records[("h", day)] = {}
+        c.unwritten.add(("h", day))
+    if any(delta):
+        _place(c, ("m", hour), int((now - hour) // MINUTE_S), delta)
+        _place(c, ("h", day), int((now - day) // HOUR_S), delta)
+        c.placed = counts
+    current = {("m", hour), ("h", day)}
+    for level, start in sorted(c.unwritten):
+        ttl_s = MINUTES_TTL_S if level == "m" else _hours_ttl_s(c.slo)
+        if start + ttl_s < now:  # too old to be read by now (after a long outage)
+            c.unwritten.discard((level, start))
+            continue
+        record = _Record(c.records[(level, start)], _spec(c.slo) if level == "h" else None)
         data = _encode(record)
-        if entry is None:
-            if await kv.put_if_absent(key, data, ttl_s) is not None:
-                return True
-        elif await kv.compare_and_set(key, data, entry.revision, ttl_s) is not None:
-            return True
-    log.info("%s: SLO record busy; the counts wait for the next flush", key)
-    return False
+        await kv.put(keys.slo_record(app, function, level, start, c.writer), data, ttl_s)
+        if _encode(record) == data:  # (else placed to meanwhile: written again next time)
+            c.unwritten.discard((level, start))
+    for done in c.records.keys() - current - c.unwritten:  # (an hour or day over, written)
+        del c.records[done]
 
 
-def _record(entry: KvEntry | None) -> _Record | None:
-    if entry is None:
-        return None
+def _place(c: SloCounter, record: tuple[str, int], slot: int, delta: Sequence[int]) -> None:
+    row = c.records.setdefault(record, {}).setdefault(slot, [0, 0, 0, 0])
+    row[:] = [n + d for n, d in zip(row, delta, strict=True)]
+    c.unwritten.add(record)
+
+
+def _record(entry: KvEntry) -> _Record | None:
     try:
         return _decode(entry.value)
-    except msgspec.DecodeError:  # another swell version's: counted afresh
+    except msgspec.DecodeError:  # another swell version's: not counted
         return None
 
 
@@ -227,19 +220,24 @@ class _Series:
 
 
 def _parse(entries: Sequence[KvEntry]) -> _Series:
+    """One function's records, every writer's counts summed per minute and per hour."""
     minutes: dict[float, Counts] = {}
     hours: dict[float, Counts] = {}
     newest, slo = -1, None
     for e in entries:
-        _, level, start = e.key.rsplit("/", 2)
-        record = _record(e)
-        if record is None or level not in ("m", "h") or not start.isdigit():
+        fields = keys.slo_fields(e.key)
+        if fields is None or fields[2] not in ("m", "h") or not fields[3].isdigit():
             continue
-        base = int(start)
+        record = _record(e)
+        if record is None:
+            continue
+        level, base = fields[2], int(fields[3])
         size, into = (MINUTE_S, minutes) if level == "m" else (HOUR_S, hours)
         for slot, row in record.counts.items():
-            a, b, x, y = [*row, 0, 0, 0, 0][:4]
-            into[base + slot * size] = (a, b, x, y)
+            t = base + slot * size
+            a, b, x, y = (n + m for n, m in zip(into.get(t, (0, 0, 0, 0)),
+                                                 [*row, 0, 0, 0, 0][:4], strict=True))
+            into[t] = (a, b, x, y)
         if level == "h" and record.slo is not None and base > newest:
             newest, slo = base, record.slo
     return _Series(minutes, hours, None if slo is None else _safe(slo))
@@ -272,9 +270,9 @@ async def read_slos(broker: Broker, app: str | None = None, *, now: float) -> li
     """Every function with SLO records on ``broker`` (of ``app``, else of every app)."""
     grouped: dict[tuple[str, str], list[KvEntry]] = {}
     for e in await broker.kv.scan(keys.slo_counts(app)):
-        parts = e.key[len(keys.SLOS):].split("/")
-        if len(parts) == 4:
-            grouped.setdefault((parts[0], parts[1]), []).append(e)
+        fields = keys.slo_fields(e.key)
+        if fields is not None:
+            grouped.setdefault(fields[:2], []).append(e)
     out = []
     for (a, f), entries in sorted(grouped.items()):
         series = _parse(entries)

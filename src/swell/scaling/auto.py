@@ -124,7 +124,8 @@ class Auto:
         """``d``, or fewer units if the budget's projected spend at ``d`` would pass it."""
         if self.cap is None:
             return d
-        top = max(self.cap.units(s.completion_rate, max(s.current, s.busy), service),
+        latest = None if self._st.paused_t == s.t else s.service_time_s  # (not one a pause stretched)
+        top = max(self.cap.units(s.completion_rate, max(s.current, s.busy), service, latest),
                   self.min_units)
         if d.desired <= top:
             return d

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from swell.brokers.base import Delivery
 from swell.brokers.producer import Producer
+from swell.core import logs
+from swell.core.clock import SYSTEM_CLOCK, Clock
+from swell.core.errors import PayloadError
+from swell.core.event import Event
 from swell.core.outcome import Outcome
 from swell.runtime.app import Function
 from swell.runtime.context import Invocation
@@ -24,14 +29,15 @@ class ProcessExecutor:
     ready or ends.
     """
 
-    def __init__(self, fn: Function, producer: Producer, max_units: int, min_instances: int) -> None:
+    def __init__(self, fn: Function, producer: Producer, max_units: int, min_instances: int,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         async def publish(queue: str, data: Any, attrs: dict[str, Any]) -> str:
             return await producer.send(queue, data, **attrs)  # a run given no backend's (none here)
 
         self.fn = fn
         self.starting = self.cold_starts = 0
         self.on_change: Callable[[], None] | None = None
-        self.usage = Usage()  # each instance from when it is asked for until it is reaped
+        self.usage = Usage(clock.monotonic)  # each instance from when it is asked for until reaped
         self.pool = ProcessPool(locate(fn), fn.name, timeout_s=fn.timeout_s,
                                 min_instances=min_instances, max_instances=max(1, max_units),
                                 on_publish=publish, on_change=self._changed)
@@ -51,6 +57,9 @@ class ProcessExecutor:
         await self.pool.scale_to(units)
 
     async def execute(self, d: Delivery, inv: Invocation) -> Outcome:
+        if logs.NAMED:  # (the worker decodes the event; for the lines logged here, so does this)
+            with suppress(PayloadError):
+                logs.ATTEMPT.set((self.fn.name, d.receive_count, Event.from_json(d.body)))
         backend = CountingBackend(self.usage, inv, self.fn.name, d.receive_count,
                                   asyncio.get_running_loop())
         try:
