@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import click
 import msgspec
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from swell.brokers.base import (
-    H_AT,
-    H_ATTEMPTS,
-    H_ERROR,
-    H_REASON,
-    Broker,
-    Message,
-    redrive_headers,
-)
+from swell.brokers.base import H_AT, H_ATTEMPTS, H_ERROR, H_REASON, Broker
 from swell.cli.base import broker_option, command, confirm, console, show, with_broker
 from swell.core.errors import ConfigError, SwellError
 from swell.core.event import Event
 from swell.render import stats_table, when
+from swell.runtime.redrive import redrive
 from swell.runtime.status import dead_letter_queue, read_dead_letter_queues, read_dead_letters
 
 
@@ -123,56 +114,9 @@ async def dlq_redrive(queue: str, max_messages: int | None, ids: tuple[str, ...]
     if ids and max_messages is not None:
         raise ConfigError("--id and --max do not go together: --id names what moves")
 
-    async def go(broker: Broker) -> tuple[int, list[str], str]:
-        name = await dead_letter_queue(broker, queue)
-        if name == queue:
-            raise ConfigError(f"{queue!r} is a consumer group's dead-letter queue: there is no "
-                              "queue to move its events back to (look at them with swell dlq show, "
-                              "and run them again with swell replay)")
-        if ids:
-            return *await redrive_ids(broker, queue, name, ids), name
-        return await broker.redrive(queue, max_messages), [], name
-
-    moved, missing, name = await with_broker(broker_url, go)
+    moved, missing, name = await with_broker(
+        broker_url, lambda b: redrive(b, queue, ids=ids, max_messages=max_messages))
     console.print(f"redrove {moved:,} message(s) to {queue}")
     if missing:
         raise SwellError(f"no dead letter with event id {', '.join(map(repr, missing))} in "
                          f"{name} (swell dlq show {queue} lists them)")
-
-
-REDRIVE_LEASE_S = 60.0  # the dead letters looked through are held this long, if this dies
-
-
-async def redrive_ids(broker: Broker, queue: str, dlq_name: str, ids: Sequence[str]
-                      ) -> tuple[int, list[str]]:
-    """Move the dead letters of ``dlq_name`` whose event ids are ``ids`` back to ``queue``; (how
-    many moved, the ids not found). The dead-letter queue is leased through until they are
-    found; what is not moved is given back at once (its receive count untouched). A message is
-    sent before its dead letter is deleted: one that dies in between leaves a copy, not a loss."""
-    wanted, held = set(ids), []
-    moved = 0
-    try:
-        while wanted:
-            batch = await broker.receive(dlq_name, 100, REDRIVE_LEASE_S)
-            if not batch:
-                break
-            hits = [d for d in batch if _event_id(d.body) in wanted]
-            hit = {d.receipt for d in hits}
-            held += [d.receipt for d in batch if d.receipt not in hit]
-            if hits:
-                await broker.send(queue, [Message(body=d.body, headers=redrive_headers(d.headers))
-                                          for d in hits])
-                await broker.ack([d.receipt for d in hits])
-                moved += len(hits)
-                wanted -= {_event_id(d.body) for d in hits}
-    finally:
-        if held:
-            await broker.release(held, count=False)
-    return moved, [i for i in ids if i in wanted]
-
-
-def _event_id(body: bytes) -> str | None:
-    try:
-        return Event.from_json(body).id
-    except Exception:  # not an event: it has no id to be named by
-        return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
+import os
+import secrets
 import socket
 from typing import TYPE_CHECKING, Literal
 
@@ -128,14 +130,15 @@ def http_installed() -> bool:
 
 
 def web_server(runtime: Runtime, sock: socket.socket) -> HttpServer:
-    """The HTTP server of a runtime: its webhooks, its metrics, its health."""
-    from swell.runtime.status import snapshot_of
-    from swell.triggers.webhook import Webhook
-    from swell.web.server import HttpServer, routes_app
+    """The HTTP server of a runtime: its webhooks, its metrics, its health, the admin API and
+    the dashboard. The admin token is ``SWELL_ADMIN_TOKEN``, else one made now and said once."""
+    from swell.web.admin import runtime_server
 
-    hooks = [s for s in runtime.app.sources.values() if isinstance(s, Webhook)]
-    app = routes_app(hooks, lambda: snapshot_of(runtime), lambda: runtime.running)
-    return HttpServer(app, sock)
+    token = os.environ.get("SWELL_ADMIN_TOKEN", "").strip()
+    if not token:
+        token = secrets.token_urlsafe(24)
+        err_console.print(f"swell: admin token {token}", highlight=False, soft_wrap=True)
+    return runtime_server(runtime, sock, token)
 
 
 @click.command()

@@ -31,6 +31,7 @@ key                                                what it holds
 ``swell/source-state/<app>/<source>/slots``        the number of MQTT client-id slots ever used
 ``swell/slo/<app>/<function>/m/<hour>/<writer>``   one node's SLO counts per minute of an hour
 ``swell/slo/<app>/<function>/h/<day>/<writer>``    per hour of a day, and the SLO (TTL)
+``swell/paused/<app>/<function>``                  a function's intake paused: by whom, why
 =================================================  ============================================
 """
 
@@ -45,6 +46,7 @@ __all__ = [
     "LIMITERS",
     "NODES",
     "OUTBOX",
+    "PAUSED",
     "REPLAYS",
     "SAGAS",
     "SCHEDULES",
@@ -62,6 +64,7 @@ __all__ = [
     "node",
     "nodes",
     "outbox_lease",
+    "paused",
     "replay",
     "saga",
     "sagas",
@@ -92,6 +95,7 @@ SOURCE_STATE = "swell/source-state/"
 SCHEDULES = "swell/schedules/"
 FILES = "swell/files/"
 SLOS = "swell/slo/"
+PAUSED = "swell/paused/"
 
 
 def nodes(app: str) -> str:
@@ -152,6 +156,11 @@ def limiter(name: str) -> str:
 
 def outbox_lease(app: str) -> str:
     return f"{OUTBOX}{app}"
+
+
+def paused(app: str, function: str | None = None) -> str:
+    """A function's pause flag, or (no ``function``) the prefix of an app's."""
+    return f"{PAUSED}{app}/" + ("" if function is None else function)
 
 
 def source_statuses(app: str) -> str:

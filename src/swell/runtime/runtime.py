@@ -27,7 +27,7 @@ from swell.brokers.producer import Producer, Target
 from swell.brokers.url import open_broker
 from swell.core.clock import SYSTEM_CLOCK, Clock
 from swell.core.errors import SwellError
-from swell.runtime import slo
+from swell.runtime import pause, slo
 from swell.runtime.app import App, Function, declare
 from swell.runtime.client import bind, unbind
 from swell.runtime.cluster import (
@@ -185,6 +185,7 @@ class Runtime:
         ``REST_TICKS`` ticks: hundreds of idle functions cost little. An event wakes it through
         its activator at once; the tick after next samples it again (see ``_wake``)."""
         self._ticks += 1
+        await pause.refresh(self)  # (functions paused from outside: swell.runtime.pause)
         peers = await self.membership.peers()
         backlogs = await self._backlogs()
         statuses: list[Due] = []
@@ -280,6 +281,7 @@ class Runtime:
             if st.decision.desired != st.applied:
                 st.decided_at = self.clock.time()  # this node leads: a new decision
             st.members = nodes
+        held = await pause.hold(self, st)  # paused: 0 units, no floor, no activation
         st.applied = st.decision.desired
         # counted by every peer too: a newcomer that leads in its own view still waits for the
         # nodes that do not know it yet to take their smaller shares
@@ -287,7 +289,7 @@ class Runtime:
             not p.members or self.node in p.members for p in peers.values())
         rank, st.nodes = (st.members.index(self.node) if counted else 0), len(st.members)
         st.share = share(st.decision.desired, rank, st.nodes, st.fn.name) if counted else 0
-        floor = share(st.fn.min_instances, rank, st.nodes, st.fn.name) if counted else 0
+        floor = share(st.fn.min_instances, rank, st.nodes, st.fn.name) if counted and not held else 0
         d = st.dispatcher
         if isinstance(d, GroupDispatcher):
             await d.set_limit(max(st.share, floor))
@@ -303,7 +305,7 @@ class Runtime:
                 log.warning("%s: rebalance failed: %s", st.fn.name, exc)
             return
         # from zero, every node waits for the first event; above zero, only the shares work
-        d.activator = st.decision.desired == 0
+        d.activator = st.decision.desired == 0 and not held
         await d.set_limit(max(st.share, floor))
 
     def _status_due(self, st: FunctionState, s: Signals, own: Observation,

@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from swell.core.errors import ConfigError, MissingDependency
 from swell.observe.prometheus import Latest, metrics_app
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request as HttpRequest
     from starlette.responses import Response
 
-__all__ = ["HttpServer", "bind", "host_port", "routes_app"]
+__all__ = ["HttpServer", "Service", "bind", "host_port", "routes_app"]
 
 log = logging.getLogger("swell.http")
 
@@ -66,10 +66,12 @@ def bind(host: str, port: int, *, option: str = "--http") -> socket.socket:
 
 
 def routes_app(webhooks: Sequence[Webhook], latest: Latest,
-               ready: Callable[[], bool]) -> Starlette:
-    """The ASGI app: every webhook's route, ``/metrics``, ``/healthz``, ``/readyz``."""
+               ready: Callable[[], bool], extra: Sequence[Any] = ()) -> Starlette:
+    """The ASGI app: every webhook's route, ``/metrics``, ``/healthz``, ``/readyz``, and the
+    ``extra`` routes (the admin API and dashboard: ``swell.web.admin``)."""
     try:
         from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
         from starlette.responses import JSONResponse
         from starlette.routing import Route
     except ImportError:
@@ -100,8 +102,16 @@ def routes_app(webhooks: Sequence[Webhook], latest: Latest,
     routes: list[Any] = [Route(h.path, endpoint(h), methods=["POST"], name=h.name)
                          for h in webhooks]
     routes += [Route("/healthz", healthz), Route("/readyz", readyz),
-               Route("/metrics", _Asgi(metrics_app(latest)), methods=["GET"])]
-    return Starlette(routes=routes)
+               Route("/metrics", _Asgi(metrics_app(latest)), methods=["GET"]), *extra]
+
+    async def http_error(_: HttpRequest, exc: Exception) -> Response:
+        """A path or method not served: JSON like every other error."""
+        code = exc.status_code if isinstance(exc, HTTPException) else 500
+        return JSONResponse({"error": "not_found" if code == 404 else "method_not_allowed"
+                             if code == 405 else "error", "detail": f"{exc}"}, code,
+                            headers=getattr(exc, "headers", None))
+
+    return Starlette(routes=routes, exception_handlers={404: http_error, 405: http_error})
 
 
 async def _read(request: HttpRequest, limit: int) -> bytes:
@@ -131,10 +141,19 @@ class _Asgi:
         await self.app(scope, receive, send)
 
 
+class Service(Protocol):
+    """Work on the loop that lives as long as the server."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class HttpServer:
     """uvicorn serving ``app`` on an already bound socket, as a task on the running loop."""
 
-    def __init__(self, app: Starlette, sock: socket.socket) -> None:
+    def __init__(self, app: Starlette, sock: socket.socket,
+                 services: Sequence[Service] = ()) -> None:
         try:
             import uvicorn
         except ImportError:
@@ -152,6 +171,7 @@ class HttpServer:
                                 limit_concurrency=MAX_CONNECTIONS)
         self._server = _Server(config)
         self._sock = sock
+        self._services = services  # (started and stopped with it: the dashboard's history)
         self._task: asyncio.Task[None] | None = None
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
@@ -164,6 +184,8 @@ class HttpServer:
             await asyncio.sleep(0.005)
         if self._task.done():
             self._task.result()  # (raises what stopped it)
+        for service in self._services:
+            service.start()
         log.info("HTTP on %s (/metrics, /healthz, /readyz)", self.url)
 
     async def stop(self) -> None:
@@ -171,6 +193,8 @@ class HttpServer:
         if self._task is None:
             return
         self._server.should_exit = True
+        for service in self._services:
+            await service.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._sock.close()
