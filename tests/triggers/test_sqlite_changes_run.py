@@ -96,7 +96,10 @@ def test_changes_by_another_process_arrive_once_in_order_across_a_sigkill(tmp_pa
             assert str(row["id"]) == e.key
         for key, seqs in by_key.items():
             assert seqs == sorted(seqs), key  # commit order per key
-        assert Counter(e.type for e in events if copies[e.id] == 1)["sqlite.delete"] >= 60
+        # every committed delete is there (counted once each: a delete may be one of the copies
+        # a SIGKILL repeats, which the check above bounds)
+        deletes = sum(1 for i in range(3500) if i % 50 == 49 and i % 7 != 6)
+        assert len({e.id for e in events if e.type == "sqlite.delete"}) == deletes
         assert swell.terminate(second) == 0
         with sqlite3.connect(tmp_path / "shop.db") as conn:  # trimmed as it was drained
             assert conn.execute('SELECT count(*) FROM "swell_changes_orders"').fetchone()[0] == 0

@@ -22,6 +22,7 @@ from support.eventually import until
 from swell.brokers.base import Broker
 from swell.brokers.memory import MemoryBroker
 from swell.core.clock import ManualClock
+from swell.core.errors import SwellError
 from swell.patterns.sagas.log import encode, new_log
 from swell.runtime.pause import pause
 from swell.runtime.runtime import Runtime
@@ -335,3 +336,28 @@ def test_the_keda_example_asks_the_scale_endpoint_for_what_it_serves() -> None:
            kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SWELL_HTTP"]["value"].endswith(":9464") and "secretKeyRef" in str(
         env["SWELL_ADMIN_TOKEN"])
+
+
+async def test_a_loopback_server_answers_only_loopback_hosts() -> None:
+    """DNS rebinding: a page whose name now points at 127.0.0.1 sends its own name as Host."""
+    async with served() as (_, server), httpx.AsyncClient(base_url=server.url) as http:
+        for host in ("127.0.0.1:9464", "localhost", "[::1]:80"):
+            assert (await http.get("/api/v1/functions", headers={"Host": host})).status_code == 200
+        for path in ("/api/v1/functions", "/api/v1/dlq", "/"):
+            r = await http.get(path, headers={"Host": "evil.example:9464"})
+            assert r.status_code == 403 and r.json()["error"] == "forbidden_host"
+        r = await http.post("/api/v1/functions/charge/pause", json={"by": "x"},
+                            headers={"Host": "evil.example", "Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 403
+
+
+async def test_a_broker_error_is_served_without_its_password(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    async with served() as (rt, server), httpx.AsyncClient(base_url=server.url) as http:
+        async def down(*_: Any, **__: Any) -> Any:
+            raise SwellError("cannot reach nats://ops:s3cret@n1:4222: connection refused")
+
+        monkeypatch.setattr(rt.broker, "queues", down)
+        r = await http.get("/api/v1/queues")
+    assert r.status_code == 503 and "s3cret" not in r.text and "ops:***@n1" in r.text
+    assert "s3cret" not in caplog.text

@@ -21,7 +21,7 @@ import msgspec
 from swell.core.errors import MissingDependency, SwellError
 from swell.web import admin_actions as act
 from swell.web import admin_reads as read
-from swell.web.admin_base import Admin, ApiError, Call, Op, Param
+from swell.web.admin_base import Admin, ApiError, Call, Op, Param, redact
 from swell.web.admin_schemas import ref
 from swell.web.history import History
 from swell.web.openapi import check, document
@@ -191,6 +191,10 @@ async def _body(op: Op, request: Request) -> dict[str, Any]:
 
 def _endpoint(admin: Admin, op: Op) -> Callable[[Request], Any]:
     async def handle(request: Request) -> Response:
+        if not admin.host_allowed(request.headers.get("host", "")):
+            return error(403, "forbidden_host", "this server answers only requests to a loopback "
+                         "host (127.0.0.1, localhost, [::1]); serve it on another address with "
+                         "--http HOST:PORT")
         if op.changes and not _authorized(admin, request):
             return error(401, "unauthorized", "this needs the admin token: Authorization: Bearer "
                          "<SWELL_ADMIN_TOKEN, or the token swell run printed at start>",
@@ -201,8 +205,12 @@ def _endpoint(admin: Admin, op: Op) -> Callable[[Request], Any]:
         except ApiError as exc:
             return error(exc.status, exc.code, exc.detail)
         except SwellError as exc:  # the broker out of reach: not the caller's fault, nor ours
-            log.warning("%s %s: %s", op.method, request.url.path, exc)
-            return error(503, "unavailable", str(exc))
+            why = redact(str(exc))  # (a broker's error may name its URL, password and all)
+            log.warning("%s %s: %s", op.method, request.url.path, why)
+            return error(503, "unavailable", why)
+        except Exception:  # swell's own fault: said plainly, its traceback in the log
+            log.exception("%s %s failed", op.method, request.url.path)
+            return error(500, "internal", "the server failed to answer; its log says why")
 
     handle.__name__ = op.op_id
     return handle
@@ -216,8 +224,11 @@ def admin_routes(admin: Admin) -> list[Any]:
     except ImportError:
         raise MissingDependency("starlette", "http") from None
 
-    async def page(_: Request) -> Response:
+    async def page(request: Request) -> Response:
         from starlette.responses import HTMLResponse
+
+        if not admin.host_allowed(request.headers.get("host", "")):
+            return error(403, "forbidden_host", "this server answers only a loopback host")
 
         index = STATIC / "index.html"
         if not index.is_file():
@@ -244,7 +255,8 @@ def runtime_server(runtime: Runtime, sock: socket.socket, token: str) -> HttpSer
         return snapshot_of(runtime)
 
     history = History(snapshot, runtime.clock)
-    admin = Admin(runtime, history, token)
+    host = sock.getsockname()[0]
+    admin = Admin(runtime, history, token, local_only=host == "::1" or host.startswith("127."))
     hooks = [s for s in runtime.app.sources.values() if isinstance(s, Webhook)]
     app = routes_app(hooks, snapshot, lambda: runtime.running, extra=admin_routes(admin))
     return HttpServer(app, sock, services=[history])

@@ -24,6 +24,16 @@ class Admin:
     runtime: Runtime
     history: History
     token: str = field(repr=False)
+    local_only: bool = False
+    """Served on a loopback address: requests must name a loopback host (``Host``), so a web page
+    whose name an attacker points at 127.0.0.1 (DNS rebinding) cannot read through the browser."""
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request's ``Host`` header may reach the API and the page."""
+        if not self.local_only:
+            return True
+        name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.split(":")[0]
+        return name in ("localhost", "::1") or name.startswith("127.")
 
 
 class ApiError(Exception):
