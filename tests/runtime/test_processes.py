@@ -67,6 +67,10 @@ def test_two_processes_split_the_work_without_doubling_it(swell: Swell) -> None:
     a, b = swell.start(SHARED), swell.start(SHARED)
     swell.wait_ready(a)
     swell.wait_ready(b)
+    # both count each other first: a node takes a share only once its peers count it, and the
+    # whole burst (0.6 s of work) can be done before then (seen: one process handled all of it)
+    wait_for(lambda: len({s.node for s in swell.statuses() if s.nodes == 2}) == 2, 20,
+             "each node to count the other")
     swell.send(n)
     wait_for(lambda: swell.stats().total == 0, 30, f"{n} events to be handled")
     assert swell.terminate(a) == 0
