@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.eventually import until
-from support.servers import in_ci
+from support.servers import promtool as promtool_path
 from swell import App, Event
 from swell.brokers.memory import MemoryBroker
 from swell.core.slo import SLO
@@ -219,12 +218,7 @@ def test_names_follow_prometheus_conventions() -> None:
 def promtool(*args: str, stdin: str = "") -> None:
     """Run ``promtool args`` and fail with what it says unless it exits 0; skip where it is not
     installed (fail under ``CI=true``: .ci/run installs it)."""
-    found = shutil.which("promtool")
-    if found is None:
-        if in_ci():
-            pytest.fail("promtool is not installed (CI=true: .ci/run installs it)", pytrace=False)
-        pytest.skip("promtool is not installed")
-    done = subprocess.run([found, *args], input=stdin, text=True, capture_output=True,
+    done = subprocess.run([promtool_path(), *args], input=stdin, text=True, capture_output=True,
                           timeout=30, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 
-from support.servers import in_ci
+from support.servers import promtool
 from swell import SLO, ManualClock, Retry
 from swell.brokers.base import Delivery, Receipt
 from swell.brokers.memory import MemoryBroker
@@ -45,16 +44,6 @@ async def charge(order: dict) -> None: ...
 @app.function(app.queue("refunds"))
 async def refund(order: dict) -> None: ...
 '''
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        message = "promtool not found (Debian/Ubuntu: apt-get install prometheus)"
-        if in_ci():
-            pytest.fail(f"{message} (CI=true: it must be installed)", pytrace=False)
-        pytest.skip(message)
-    return found
 
 
 def check(tmp_path: Path, *args: str) -> str:

@@ -11,9 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, NoReturn
 
-import pytest
-
-from support.servers import in_ci
+from support.servers import missing
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -33,10 +31,7 @@ def chromium_path() -> str | None:
 
 
 def missing_browser(reason: str) -> NoReturn:
-    message = f"no headless browser: {reason}"
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: .ci/run installs it)", pytrace=False)
-    pytest.skip(message)
+    missing(f"no headless browser: {reason}")
 
 
 @asynccontextmanager

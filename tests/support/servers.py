@@ -28,12 +28,25 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() == "true"
 
 
+def missing(message: str) -> NoReturn:
+    """Skip a test whose server, tool or browser is absent here; in CI (``CI=true``) it must be
+    there (``.ci/run`` installs it), so fail: a skip is not a pass."""
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: .ci/run installs it, it must be there)", pytrace=False)
+    pytest.skip(message)
+
+
 def missing_server(backend: str, reason: str) -> NoReturn:
     """Skip a backend whose server (or client) is absent; in CI it must be there, so fail."""
-    message = f"{backend} backend unavailable: {reason}"
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: the server must be running)", pytrace=False)
-    pytest.skip(message)
+    missing(f"{backend} backend unavailable: {reason}")
+
+
+def promtool() -> str:
+    """Prometheus's ``promtool`` (Debian's ``prometheus`` package), or ``missing``."""
+    found = shutil.which("promtool")
+    if found is None:
+        missing("promtool not found (Debian/Ubuntu: apt-get install prometheus)")
+    return found
 
 
 async def require_server(backend: str, url: str, timeout_s: float = 1.0) -> str:
